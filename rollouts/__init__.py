@@ -1,0 +1,4 @@
+"""rlattn.rollouts: generation backends and rollout records.
+
+Not built yet: see the README's status table.
+"""
