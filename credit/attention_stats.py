@@ -1,0 +1,312 @@
+"""Exact, streaming attention statistics: head spans, WAAD and FAI (credit-spec §1-4).
+
+Idea. The paper (Li et al., arXiv 2510.13554) reads two signals off the policy's attention:
+- WAAD[t] = Σ_{s≤t} Ā_loc[t,s]·min(t−s, W): how far back locally-focused heads look from token t
+  (its jumps mark *preplan* tokens at chunk boundaries);
+- FAI[s] = mean over t∈R with H_lo ≤ t−s ≤ H_hi of Ā_glob[t,s]: how much later reasoning keeps
+  attending to token s through globally-focused heads (its peaks are *anchor* tokens).
+Heads are split by span(l,h) = mean_{t∈R} Σ_s A[t,s]·(t−s): the 30% smallest are local, the
+30% largest global (per sequence by default).
+
+The paper ran an extra eager model and materialised every N×N map. We instead capture each
+selected layer's post-RoPE q/k in the policy's own forward (``capture.py``), stop the forward after
+the last selected layer, and recompute the softmax in fp32 in chunks of query rows. Each chunk is
+reduced at once, per head, to
+  (a) Σ_s A[t,s]·(t−s) = t − Σ_s A[t,s]·s         (rows sum to 1)        -> head span
+  (b) W − Σ_{j<W} (W−j)·A[t,t−j]                  (a band of W diagonals) -> per-head WAAD
+  (c) Σ_{t∈R, H_lo≤t−s≤H_hi} A[t,s]               (a band of columns)     -> per-head FAI sums
+Ā is linear in A and |T(s)| does not depend on the head, so averaging (b) and (c) over the chosen
+heads afterwards is exact. Peak extra memory is O(B·H·chunk·N) for one chunk's probabilities plus
+O(B·layers·H·N) for the per-head vectors: never an N×N map per head.
+
+Glossary: B batch, N sequence length (prompt ⊕ response with padding), L layers, H query heads,
+KV key/value heads, D head dim, C query rows per chunk, nL selected layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .capture import num_hidden_layers, run_captured
+
+HEAD_SELECTIONS = ("sequence", "batch", "fixed")
+
+
+def default_layers(num_layers_total: int, count: int = 5) -> list[int]:
+    """Spec §1: ``sorted(set(round(x) for x in linspace(L//3, 2L//3, count)))`` (Python's round)."""
+    lo, hi = num_layers_total // 3, 2 * num_layers_total // 3
+    if count == 1:
+        return [round((lo + hi) / 2)]
+    return sorted({round(lo + (hi - lo) * i / (count - 1)) for i in range(count)})
+
+
+@dataclass
+class AttentionStatsConfig:
+    """Which layers/heads to read and how to reduce them (credit-spec §1-4, §8).
+
+    Fields marked [ours] are choices the paper leaves open.
+    """
+
+    layers: list[int] | None = None
+    num_layers: int = 5
+    window: int = 10
+    fai_horizon: tuple[int, int] = (10, 100)
+    local_quantile: float = 0.3
+    global_quantile: float = 0.3
+    head_selection: str = "sequence"
+    # [ours] head_selection="fixed": explicit (layer, head) pairs, e.g. from a first batch.
+    fixed_local_heads: list[tuple[int, int]] | None = None
+    fixed_global_heads: list[tuple[int, int]] | None = None
+    # [ours] query rows per chunk; None picks it from memory_budget_mb.
+    chunk_size: int | None = None
+    memory_budget_mb: float = 256.0
+
+    def __post_init__(self):
+        def bad(key, value, allowed):
+            raise ValueError(f"AttentionStatsConfig.{key}={value!r} is invalid: {allowed}")
+
+        if self.layers is not None:
+            self.layers = [int(l) for l in self.layers]
+            if not self.layers:
+                bad("layers", self.layers, "give at least one layer index, or None for the default")
+        if not isinstance(self.num_layers, int) or self.num_layers < 1:
+            bad("num_layers", self.num_layers, "a positive int")
+        if not isinstance(self.window, int) or self.window < 1:
+            bad("window", self.window, "a positive int")
+        self.fai_horizon = tuple(int(x) for x in self.fai_horizon)
+        if len(self.fai_horizon) != 2 or not (1 <= self.fai_horizon[0] <= self.fai_horizon[1]):
+            bad("fai_horizon", self.fai_horizon, "a pair (H_lo, H_hi) with 1 <= H_lo <= H_hi")
+        for key in ("local_quantile", "global_quantile"):
+            v = getattr(self, key)
+            if not (0.0 < float(v) <= 1.0):
+                bad(key, v, "a fraction in (0, 1]")
+        if self.head_selection not in HEAD_SELECTIONS:
+            bad("head_selection", self.head_selection, f"one of {HEAD_SELECTIONS}")
+        if self.head_selection == "fixed" and (not self.fixed_local_heads or not self.fixed_global_heads):
+            bad("head_selection", "fixed", "needs fixed_local_heads and fixed_global_heads as lists of [layer, head]")
+        if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
+            bad("chunk_size", self.chunk_size, "a positive int or None")
+        if not self.memory_budget_mb > 0:
+            bad("memory_budget_mb", self.memory_budget_mb, "a positive number of MB")
+
+    def resolve_layers(self, total: int) -> list[int]:
+        layers = sorted(set(self.layers)) if self.layers is not None else default_layers(total, self.num_layers)
+        out = [l for l in layers if not 0 <= l < total]
+        if out:
+            raise ValueError(f"AttentionStatsConfig.layers={self.layers!r}: {out} out of range for a {total}-layer model (0..{total - 1})")
+        return layers
+
+
+@dataclass
+class AttentionStats:
+    """Per-token and per-head statistics for a batch (credit-spec §8)."""
+
+    waad: torch.Tensor  # float32 [B, N]; 0 outside the response
+    fai: torch.Tensor  # float32 [B, N]; NaN where undefined
+    head_span: torch.Tensor  # float32 [B, nL, H]
+    local_heads: torch.Tensor  # bool [B, nL, H]
+    global_heads: torch.Tensor  # bool [B, nL, H]
+    layers: list[int] = field(default_factory=list)
+
+    def to(self, device) -> "AttentionStats":
+        return AttentionStats(
+            self.waad.to(device), self.fai.to(device), self.head_span.to(device),
+            self.local_heads.to(device), self.global_heads.to(device), list(self.layers),
+        )
+
+
+def _check_inputs(input_ids, attention_mask, response_mask):
+    for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask), ("response_mask", response_mask)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D tensor [B, N], got {getattr(t, 'shape', type(t))}")
+    if not (input_ids.shape == attention_mask.shape == response_mask.shape):
+        raise ValueError(
+            f"shape mismatch: input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)}, "
+            f"response_mask {tuple(response_mask.shape)} must all be [B, N]"
+        )
+    am, rm = attention_mask.bool(), response_mask.bool()
+    outside = rm & ~am
+    if outside.any():
+        b, t = outside.nonzero()[0].tolist()
+        raise ValueError(f"response_mask marks position {t} of sequence {b} where attention_mask is 0 (padding)")
+    empty = ~rm.any(dim=1)
+    if empty.any():
+        raise ValueError(f"empty response in sequence(s) {empty.nonzero().flatten().tolist()}: every sequence needs >= 1 response token")
+    # padding only at the ends: the real tokens form one contiguous block per row
+    blocks = (am[:, 1:] & ~am[:, :-1]).sum(1) + am[:, 0].long()
+    if (blocks > 1).any():
+        raise ValueError(f"attention_mask of sequence(s) {(blocks > 1).nonzero().flatten().tolist()} has padding between real tokens")
+    return am, rm
+
+
+def _auto_chunk(cfg: AttentionStatsConfig, B: int, H: int, N: int) -> int:
+    if cfg.chunk_size is not None:
+        return cfg.chunk_size
+    # about three fp32 [B, H, C, N] buffers live at once (scores/probs, a temporary, masks)
+    per_row = 3 * B * H * N * 4
+    return int(max(1, min(N, cfg.memory_budget_mb * 2**20 // per_row)))
+
+
+class _LayerReducer:
+    """Reduces one captured layer's q/k to per-head span sums, WAAD and FAI band sums."""
+
+    def __init__(self, key_mask, resp_mask, cfg: AttentionStatsConfig, n_sel: int):
+        self.key_mask = key_mask  # bool [B, N]
+        self.resp = resp_mask  # bool [B, N]
+        self.cfg = cfg
+        self.n_sel = n_sel
+        B, N = key_mask.shape
+        self.B, self.N = B, N
+        self.first_row = int(resp_mask.any(0).nonzero()[0])  # rows before any response are skipped
+        self.span_sum = None  # [B, nL, H]
+        self.waad_h = None  # [B, nL, H, N]
+        self.fai_h = None  # [B, nL, H, N]
+        self.slot = {}
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, scaling: float) -> None:
+        cfg, B, N = self.cfg, self.B, self.N
+        _, H, _, D = q.shape
+        KV = k.shape[1]
+        if q.shape[0] != B or q.shape[2] != N:
+            raise ValueError(f"captured query of layer {layer} has shape {tuple(q.shape)}, expected [B={B}, H, N={N}, D]")
+        G = H // KV
+        dev = q.device
+        if self.span_sum is None:
+            self.span_sum = torch.zeros(B, self.n_sel, H, device=dev)
+            self.waad_h = torch.zeros(B, self.n_sel, H, N, device=dev)
+            self.fai_h = torch.zeros(B, self.n_sel, H, N, device=dev)
+        i = self.slot.setdefault(layer, len(self.slot))
+        W, (h_lo, h_hi) = cfg.window, cfg.fai_horizon
+        q = q.detach().float().view(B, KV, G, N, D)  # [B, KV, G, N, D]
+        k = k.detach().float()  # [B, KV, N, D]
+        key_mask = self.key_mask.to(dev)
+        resp = self.resp.to(dev)
+        pos = torch.arange(N, device=dev, dtype=torch.float32)  # [N]
+        chunk = _auto_chunk(cfg, B, H, N)
+        span_acc = torch.zeros(B, H, device=dev)
+        waad = torch.zeros(B, H, N, device=dev)
+        fai = torch.zeros(B, H, N, device=dev)
+        offs = torch.arange(W, device=dev)  # [W]
+        weights = (W - offs).float()  # [W]  (W - j)
+        for t0 in range(self.first_row, N, chunk):
+            t1 = min(t0 + chunk, N)
+            C = t1 - t0
+            rows = torch.arange(t0, t1, device=dev)  # [C]
+            scores = torch.matmul(q[:, :, :, t0:t1], k[:, :, None, :t1].transpose(-1, -2))  # [B, KV, G, C, t1]
+            scores = scores.view(B, H, C, t1).mul_(scaling)  # [B, H, C, t1]
+            valid = (torch.arange(t1, device=dev)[None, :] <= rows[:, None])[None] & key_mask[:, None, :t1]  # [B, C, t1]
+            scores.masked_fill_(~valid[:, None], float("-inf"))
+            probs = torch.softmax(scores, dim=-1)  # [B, H, C, t1]; NaN rows = no real key (left padding)
+            del scores
+            row_ok = resp[:, t0:t1]  # [B, C]  only response rows count
+            # (a) head span: Σ_s A[t,s](t-s) = t - Σ_s A[t,s]·s
+            dist_mean = rows.float()[None, None] - torch.matmul(probs, pos[:t1])  # [B, H, C]
+            span_acc += torch.where(row_ok[:, None], dist_mean, 0.0).sum(-1)  # [B, H]
+            # (b) WAAD = W - Σ_{j<W} (W-j)·A[t, t-j]  (the W diagonals ending at t)
+            idx = (rows[:, None] - offs[None, :])  # [C, W]
+            band_ok = idx >= 0  # [C, W]
+            diag = torch.gather(probs, 3, idx.clamp(min=0).expand(B, H, C, W))  # [B, H, C, W]
+            diag = torch.where(band_ok, diag, 0.0)
+            w_rows = W - (diag * weights).sum(-1)  # [B, H, C]
+            waad[:, :, t0:t1] = torch.where(row_ok[:, None], w_rows, 0.0)
+            # (c) FAI column sums over the band h_lo <= t - s <= h_hi, response rows only
+            s_lo, s_hi = max(0, t0 - h_hi), t1 - h_lo  # columns touched by this chunk's band
+            if s_hi > s_lo:
+                cols = torch.arange(s_lo, s_hi, device=dev)  # [S]
+                gap = rows[:, None] - cols[None, :]  # [C, S]
+                in_band = (gap >= h_lo) & (gap <= h_hi)  # [C, S]
+                take = in_band[None] & row_ok[:, :, None]  # [B, C, S]
+                part = torch.where(take[:, None], probs[..., s_lo:s_hi], 0.0)  # [B, H, C, S]
+                fai[:, :, s_lo:s_hi] += part.sum(2)  # [B, H, S]
+            del probs
+        self.span_sum[:, i] = span_acc
+        self.waad_h[:, i] = waad
+        self.fai_h[:, i] = fai
+
+
+def _select(span: torch.Tensor, quantile: float, largest: bool) -> torch.Tensor:
+    """Pick ceil(q·n) heads per row of span [B, nL, H] (ties: lower layer, then lower head first)."""
+    B, nL, H = span.shape
+    n = nL * H
+    k = min(n, math.ceil(quantile * n - 1e-9))
+    flat = span.reshape(B, n)
+    key = -flat if largest else flat
+    order = torch.sort(key, dim=1, stable=True).indices[:, :k]  # [B, k]; stable sort keeps index order on ties
+    chosen = torch.zeros(B, n, dtype=torch.bool, device=span.device)
+    chosen.scatter_(1, order, True)
+    return chosen.view(B, nL, H)
+
+
+def _fixed_mask(pairs, layers, H, B, device, key) -> torch.Tensor:
+    m = torch.zeros(len(layers), H, dtype=torch.bool, device=device)
+    for pair in pairs:
+        l, h = int(pair[0]), int(pair[1])
+        if l not in layers or not 0 <= h < H:
+            raise ValueError(f"AttentionStatsConfig.{key} has ({l}, {h}); layers are {layers} and heads 0..{H - 1}")
+        m[layers.index(l), h] = True
+    return m[None].expand(B, -1, -1).clone()
+
+
+def horizon_counts(response_mask: torch.Tensor, h_lo: int, h_hi: int) -> torch.Tensor:
+    """|T(s)| = #{t ∈ R : s + h_lo <= t <= s + h_hi} for every position s. [B, N] float32."""
+    B, N = response_mask.shape
+    csum = torch.cat([torch.zeros(B, 1, device=response_mask.device), response_mask.float().cumsum(1)], 1)  # [B, N+1]
+    s = torch.arange(N, device=response_mask.device)
+    hi = (s + h_hi).clamp(max=N - 1)  # [N]
+    lo = s + h_lo  # [N]
+    valid = lo <= N - 1
+    counts = csum[:, hi + 1] - csum[:, lo.clamp(max=N)]  # [B, N]
+    return torch.where(valid[None], counts, 0.0)
+
+
+@torch.no_grad()
+def compute_attention_stats(model, input_ids, attention_mask, response_mask, config: AttentionStatsConfig | None = None) -> AttentionStats:
+    """WAAD, FAI and head spans of ``model`` on prompt ⊕ response sequences (credit-spec §1-4).
+
+    input_ids, attention_mask, response_mask: [B, N] (left-padded prompts and right-padded
+    responses are fine; padding never in between). Runs one forward of ``model`` (PEFT and
+    accelerate wrappers are fine) that stops after the last selected layer, in eval mode and
+    without gradients; the statistics are computed in fp32 whatever the model's dtype.
+    """
+    cfg = config or AttentionStatsConfig()
+    am, rm = _check_inputs(input_ids, attention_mask, response_mask)
+    total = num_hidden_layers(model)
+    layers = cfg.resolve_layers(total)
+    reducer = _LayerReducer(am, rm, cfg, len(layers))
+    was_training = model.training
+    model.eval()
+    try:
+        run_captured(model, layers, reducer, input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False)
+    finally:
+        model.train(was_training)
+    return finalize_stats(reducer, layers, am, rm, cfg)
+
+
+def finalize_stats(reducer: _LayerReducer, layers, am, rm, cfg: AttentionStatsConfig) -> AttentionStats:
+    """Head selection and head averaging from the per-head partial sums."""
+    dev = reducer.span_sum.device
+    am, rm = am.to(dev), rm.to(dev)
+    n_resp = rm.sum(1).float()  # [B]
+    span = reducer.span_sum / n_resp[:, None, None]  # [B, nL, H]
+    B, nL, H = span.shape
+    if cfg.head_selection == "sequence":
+        local = _select(span, cfg.local_quantile, largest=False)
+        glob = _select(span, cfg.global_quantile, largest=True)
+    elif cfg.head_selection == "batch":
+        mean_span = span.mean(0, keepdim=True)  # [1, nL, H]
+        local = _select(mean_span, cfg.local_quantile, largest=False).expand(B, -1, -1).clone()
+        glob = _select(mean_span, cfg.global_quantile, largest=True).expand(B, -1, -1).clone()
+    else:
+        local = _fixed_mask(cfg.fixed_local_heads, layers, H, B, dev, "fixed_local_heads")
+        glob = _fixed_mask(cfg.fixed_global_heads, layers, H, B, dev, "fixed_global_heads")
+    w_loc = local.float() / local.sum((1, 2), keepdim=True).float()  # [B, nL, H]
+    w_glob = glob.float() / glob.sum((1, 2), keepdim=True).float()  # [B, nL, H]
+    waad = torch.einsum("blh,blhn->bn", w_loc, reducer.waad_h)  # [B, N]
+    waad = torch.where(rm, waad, 0.0)
+    fai_sum = torch.einsum("blh,blhn->bn", w_glob, reducer.fai_h)  # [B, N]
+    counts = horizon_counts(rm, *cfg.fai_horizon)  # [B, N]
+    fai = torch.where(am & (counts > 0), fai_sum / counts.clamp(min=1), float("nan"))  # [B, N]
+    return AttentionStats(waad=waad, fai=fai, head_span=span, local_heads=local, global_heads=glob, layers=list(layers))
