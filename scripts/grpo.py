@@ -1,0 +1,59 @@
+"""GRPO with attention-guided credit assignment.
+
+    accelerate launch scripts/grpo.py recipes/anchor_credit.yaml [--key value ...]
+    python scripts/grpo.py --config recipes/anchor_credit.yaml --max_steps 2
+"""
+
+import logging
+import sys
+
+from transformers import set_seed
+from trl import get_peft_config
+
+from rlattn.cli import build_rewards, load_policy, load_train_dataset, parse_grpo_args, resolve_checkpoint, write_run_summary
+from rlattn.trainer import AttnCreditGRPOTrainer
+
+
+def main():
+    # ---- parse: recipe YAML + command-line overrides; unknown keys fail naming the key ----
+    script_args, training_args, model_args = parse_grpo_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    set_seed(training_args.seed)
+
+    # ---- data: bundled sets, local files or hub names -> prompt + solution ----
+    train_dataset = load_train_dataset(script_args)
+
+    # ---- policy: embedded default, local path or hub id; LoRA when use_peft ----
+    model, tokenizer = load_policy(model_args, training_args)
+
+    # ---- rewards ----
+    reward_funcs = build_rewards(script_args, training_args)
+
+    # ---- trainer: TRL's GRPO with (B, T) attention-credit advantages ----
+    trainer = AttnCreditGRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+
+    # ---- train; on any failure, keep what was learned before re-raising ----
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except BaseException:
+        trainer.save_model(f"{training_args.output_dir}/interrupted")
+        write_run_summary(trainer, f"{training_args.output_dir}/interrupted")
+        raise
+
+    # ---- save: adapter or model, tokenizer, metrics ----
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()
+    path = write_run_summary(trainer, training_args.output_dir)
+    trainer.accelerator.print(f"rlattn: saved to {training_args.output_dir} (metrics: {path})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
