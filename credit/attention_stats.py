@@ -167,6 +167,11 @@ class _LayerReducer:
         self.slot = {}
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, scaling: float) -> None:
+        # fp32 whatever the caller's autocast (the trainer runs the forward under bf16 autocast)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            self._reduce(layer, q, k, scaling)
+
+    def _reduce(self, layer: int, q: torch.Tensor, k: torch.Tensor, scaling: float) -> None:
         cfg, B, N = self.cfg, self.B, self.N
         _, H, _, D = q.shape
         KV = k.shape[1]
@@ -286,7 +291,12 @@ def compute_attention_stats(model, input_ids, attention_mask, response_mask, con
 
 
 def finalize_stats(reducer: _LayerReducer, layers, am, rm, cfg: AttentionStatsConfig) -> AttentionStats:
-    """Head selection and head averaging from the per-head partial sums."""
+    """Head selection and head averaging from the per-head partial sums (always fp32)."""
+    with torch.autocast(device_type=reducer.span_sum.device.type, enabled=False):
+        return _finalize(reducer, layers, am, rm, cfg)
+
+
+def _finalize(reducer: _LayerReducer, layers, am, rm, cfg: AttentionStatsConfig) -> AttentionStats:
     dev = reducer.span_sum.device
     am, rm = am.to(dev), rm.to(dev)
     n_resp = rm.sum(1).float()  # [B]

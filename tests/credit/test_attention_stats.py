@@ -254,3 +254,16 @@ def test_uncapturable_attention_gets_a_clear_error():
     with pytest.raises(ValueError, match=r"layers 1 \(model.layers.1.self_attn\) was not captured"):
         compute_attention_stats(model, ids, attn, resp, AttentionStatsConfig(layers=[0, 1]))
     attn_module.forward = original
+
+
+def test_statistics_stay_fp32_and_exact_under_bf16_autocast():
+    """The trainer runs forwards under bf16 autocast; the reduction must not follow it."""
+    model, _ = tiny_model("llama", num_layers=2, seed=6)
+    ids, attn, resp = trl_batch([4, 6], [10, 8], seed=2)
+    cfg = AttentionStatsConfig(window=4, fai_horizon=(2, 6))
+    plain = compute_attention_stats(model, ids, attn, resp, cfg)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        auto = compute_attention_stats(model, ids, attn, resp, cfg)
+    assert auto.waad.dtype == torch.float32 and auto.fai.dtype == torch.float32 and auto.head_span.dtype == torch.float32
+    # the forward itself runs in bf16 under autocast, so q/k differ slightly; the reduction is fp32
+    torch.testing.assert_close(auto.waad, plain.waad, atol=0.1, rtol=0)

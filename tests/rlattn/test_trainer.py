@@ -129,6 +129,12 @@ def test_loss_types_take_token_advantages(tmp_path, loss_type):
     assert all(math.isfinite(l) for l in losses(trainer))
 
 
+def test_bf16_training_with_credit(tmp_path):
+    trainer = train(tmp_path, credit_strategy="coupled", bf16=True, max_steps=1)
+    assert trainer.last_credit["gamma"].dtype == torch.float32
+    assert all(math.isfinite(l) for l in losses(trainer))
+
+
 def test_lora_and_gradient_accumulation_and_baselines(tmp_path):
     from peft import LoraConfig
 
