@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--write", action="store_true", help="also write the table into docs/benchmarks.md")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,18 +82,27 @@ def main() -> None:
         rows.append((name, statistics.median(times), min(times), amplified))
 
     command = "python " + " ".join(shlex.quote(a) for a in ["bench/credit.py", *sys.argv[1:]])
-    print("## Credit strategies: γ computation time (CPU)\n")
-    print(f"- command: `{command}`")
-    print(f"- machine: {platform.platform()}, {cpu_name()}, {os.cpu_count()} CPUs "
-          f"(1-min load average {load:.2f} at start); Python {platform.python_version()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"- inputs: B={args.batch}, T={args.length}, {n_resp:,} response tokens "
-          f"({n_resp / (args.batch * args.length):.0%} of B·T); "
-          f"median of {args.repeats} calls after one warm-up\n")
-    print("| strategy | median (s) | min (s) | amplified fraction of R | under 1 s |")
-    print("|---|---:|---:|---:|:---:|")
+    lines = [
+        "## Credit strategies: γ computation time (CPU)\n",
+        f"- command: `{command}`",
+        f"- machine: {platform.platform()}, {cpu_name()}, {os.cpu_count()} CPUs "
+        f"(1-min load average {load:.2f} at start); Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        f"- inputs: B={args.batch}, T={args.length}, {n_resp:,} response tokens "
+        f"({n_resp / (args.batch * args.length):.0%} of B·T); "
+        f"median of {args.repeats} calls after one warm-up\n",
+        "| strategy | median (s) | min (s) | amplified fraction of R | under 1 s |",
+        "|---|---:|---:|---:|:---:|",
+    ]
     for name, med, best, amp in rows:
-        print(f"| {name} | {med:.3f} | {best:.3f} | {amp:.3f} | {'yes' if med < 1 else 'NO'} |")
+        lines.append(f"| {name} | {med:.3f} | {best:.3f} | {amp:.3f} | {'yes' if med < 1 else 'NO'} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from _common import write_section
+
+        write_section("credit", table)
 
 
 if __name__ == "__main__":
