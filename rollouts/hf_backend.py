@@ -1,0 +1,144 @@
+"""The ``transformers`` rollout backend: batched ``generate`` with the policy itself.
+
+Why: it is the default on CPU and the reference the vLLM backend is checked against. It needs no
+weight hand-over (the policy *is* the generator), so ``sync`` is a no-op. Per-token sampling
+log-probs come from ``generate``'s processed ``scores`` (after repetition penalty, temperature,
+top-k/top-p/min-p: the distribution the token was actually drawn from), which is what vLLM's
+``logprobs_mode="processed_logprobs"`` returns too. Memory: the scores of one micro-batch are held
+until it finishes (micro_batch × max_tokens × vocab floats), so ``micro_batch_size`` bounds it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .base import PromptTooLongError, RolloutBatch, SamplingSpec
+
+
+class HFRolloutBackend:
+    """Generate with a (possibly PEFT-wrapped) transformers causal LM.
+
+    ``eos_token_ids``: token ids that end a completion (default: the generation config's and the
+    tokenizer's EOS). ``max_model_len``: prompt + completion limit (default: the model's
+    ``max_position_embeddings``); longer prompts raise :class:`PromptTooLongError` or, with
+    ``on_prompt_too_long="skip"``, become a counted skipped row.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, *, eos_token_ids=None, micro_batch_size: int | None = None,
+                 max_model_len: int | None = None, on_prompt_too_long: str = "error"):
+        if on_prompt_too_long not in ("error", "skip"):
+            raise ValueError(f"on_prompt_too_long={on_prompt_too_long!r} is not one of 'error', 'skip'")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size={micro_batch_size!r} must be >= 1 or None (one batch)")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if eos_token_ids is None:
+            gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+            ids = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+            if tokenizer.eos_token_id is not None:
+                ids.append(tokenizer.eos_token_id)
+            eos_token_ids = sorted(set(ids))
+        if not eos_token_ids:
+            raise ValueError("HFRolloutBackend needs at least one EOS token id (tokenizer has none: pass eos_token_ids)")
+        self.eos_token_ids = list(eos_token_ids)
+        self.micro_batch_size = micro_batch_size
+        self.max_model_len = max_model_len or getattr(model.config, "max_position_embeddings", None)
+        self.on_prompt_too_long = on_prompt_too_long
+        self.num_skipped_total = 0
+
+    def sync(self, model=None, version: int = 0) -> None:
+        """No hand-over needed; optionally point at another model object."""
+        if model is not None:
+            self.model = model
+
+    def close(self) -> None:
+        pass
+
+    def _check_lengths(self, prompt_ids, sampling) -> list[bool]:
+        fits = []
+        for i, p in enumerate(prompt_ids):
+            ok = self.max_model_len is None or len(p) + 1 <= self.max_model_len
+            if not ok and self.on_prompt_too_long == "error":
+                raise PromptTooLongError(
+                    f"prompt {i} has {len(p)} tokens; the model's limit is max_model_len={self.max_model_len} "
+                    "(prompt + at least one completion token). Shorten prompts (e.g. max_prompt_length) or set "
+                    "on_prompt_too_long='skip' to count and mask such rows."
+                )
+            fits.append(ok)
+        return fits
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingSpec) -> RolloutBatch:
+        t0 = time.perf_counter()
+        fits = self._check_lengths(prompt_ids, sampling)
+        todo = [i for i, ok in enumerate(fits) if ok]
+        comps: dict[int, tuple[list[int], list[float], str]] = {}
+        mb = self.micro_batch_size or max(1, len(todo))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for s in range(0, len(todo), mb):
+                rows = todo[s: s + mb]
+                for i, out in zip(rows, self._generate_rows([prompt_ids[i] for i in rows], sampling)):
+                    comps[i] = out
+        finally:
+            if was_training:
+                self.model.train()
+        completion_ids, logprobs, reasons = [], [], []
+        for i in range(len(prompt_ids)):
+            if i in comps:
+                c, lp, r = comps[i]
+            else:
+                c, lp, r = [self.eos_token_ids[0]], [0.0], "skipped"
+            completion_ids.append(c)
+            logprobs.append(lp)
+            reasons.append(r)
+        skipped = len(prompt_ids) - len(todo)
+        self.num_skipped_total += skipped
+        return RolloutBatch([list(p) for p in prompt_ids], completion_ids, logprobs, reasons, num_skipped=skipped,
+                            timings={"generate_s": time.perf_counter() - t0})
+
+    def _generate_rows(self, prompts: list[list[int]], sampling: SamplingSpec):
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p):] = 1
+        max_new = sampling.max_tokens
+        if self.max_model_len is not None:
+            max_new = max(1, min(max_new, self.max_model_len - width))
+        kwargs = dict(
+            max_new_tokens=max_new, do_sample=not sampling.greedy, eos_token_id=self.eos_token_ids,
+            pad_token_id=self.pad_token_id, output_scores=True, return_dict_in_generate=True,
+            repetition_penalty=sampling.repetition_penalty,
+        )
+        if sampling.greedy:
+            # neutral warper values so a model's generation_config (e.g. temperature 0.6) is not applied
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None,
+                          min_p=sampling.min_p or None)
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        gen = out.sequences[:, width:].cpu()  # [B, T]
+        logp = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1).cpu()  # [B, T, V]
+        tok_logp = logp.gather(-1, gen.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        eos = torch.tensor(self.eos_token_ids)
+        results = []
+        for r in range(gen.shape[0]):
+            row = gen[r].tolist()
+            hits = torch.isin(gen[r], eos).nonzero()
+            if len(hits):
+                n, reason = int(hits[0]) + 1, "stop"
+            else:
+                n, reason = len(row), "length"
+            results.append((row[:n], tok_logp[r, :n].tolist(), reason))
+        return results

@@ -1,0 +1,139 @@
+"""The transformers rollout backend and the common RolloutBatch, on a tiny random model (default run).
+
+Checks against hand-computed references: greedy tokens equal an argmax loop over full forward
+passes, sampling log-probs equal log_softmax(logits / T) at the sampled tokens (fp32, tolerance
+1e-4), finish reasons, prompt-too-long handling, and that the TRL ``rollout_func`` built by the
+factory drives a real AttnCreditGRPOTrainer step.
+"""
+
+import pytest
+import torch
+from datasets import Dataset
+
+from rlattn.rollouts.base import PromptTooLongError, RolloutBackend, RolloutBatch, SamplingSpec
+from rlattn.rollouts.factory import make_rollout_func, resolve_rollout
+from rlattn.rollouts.hf_backend import HFRolloutBackend
+from rlattn.testing import tiny_model
+
+TOL = 1e-4  # fp32 log-prob tolerance (batched left-padded generate vs unpadded forward)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = tiny_model("llama", num_layers=2, seed=0)
+    model.eval()
+    return model, tok
+
+
+def prompts(tok):
+    return [tok.encode("hi"), tok.encode("a longer prompt here")]
+
+
+@torch.no_grad()
+def reference_logps(model, prompt, completion, temperature=1.0):
+    ids = torch.tensor([prompt + completion])
+    logits = model(ids).logits[0, len(prompt) - 1: -1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+
+
+def test_backend_satisfies_protocol(tiny):
+    assert isinstance(HFRolloutBackend(*tiny), RolloutBackend)
+
+
+def test_greedy_matches_argmax_loop_and_logprobs(tiny):
+    model, tok = tiny
+    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000])  # unreachable id: no early stop
+    batch = backend.generate(prompts(tok), SamplingSpec(max_tokens=6, temperature=0))
+    for p, c, lp, reason in zip(batch.prompt_ids, batch.completion_ids, batch.logprobs, batch.finish_reasons):
+        ids = list(p)
+        expected = []
+        for _ in range(6):
+            nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            expected.append(nxt)
+            ids.append(nxt)
+        assert c == expected
+        assert reason == "length"
+        assert torch.allclose(torch.tensor(lp), reference_logps(model, p, c), atol=TOL)
+
+
+def test_sampled_logprobs_are_temperature_scaled(tiny):
+    model, tok = tiny
+    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000])
+    batch = backend.generate(prompts(tok), SamplingSpec(max_tokens=8, temperature=0.7, seed=3))
+    for p, c, lp in zip(batch.prompt_ids, batch.completion_ids, batch.logprobs):
+        ref = reference_logps(model, p, c, temperature=0.7)
+        assert torch.allclose(torch.tensor(lp), ref, atol=TOL)
+        # and not the untempered distribution (so the test can tell the two apart)
+        assert not torch.allclose(torch.tensor(lp), reference_logps(model, p, c), atol=TOL)
+
+
+def test_stop_keeps_eos_and_cuts_after_it(tiny):
+    model, tok = tiny
+    greedy = HFRolloutBackend(model, tok, eos_token_ids=[10_000]).generate(prompts(tok)[:1], SamplingSpec(max_tokens=6, temperature=0))
+    third = greedy.completion_ids[0][2]
+    first_hit = greedy.completion_ids[0].index(third)  # the token may already occur earlier
+    batch = HFRolloutBackend(model, tok, eos_token_ids=[third]).generate(prompts(tok)[:1], SamplingSpec(max_tokens=6, temperature=0))
+    assert batch.finish_reasons == ["stop"]
+    assert batch.completion_ids[0] == greedy.completion_ids[0][: first_hit + 1]
+
+
+def test_prompt_too_long_errors_or_counts_a_masked_skip(tiny):
+    model, tok = tiny
+    long_prompt = list(range(5, 45))
+    with pytest.raises(PromptTooLongError, match="max_model_len=20"):
+        HFRolloutBackend(model, tok, max_model_len=20).generate([long_prompt], SamplingSpec(max_tokens=4))
+    backend = HFRolloutBackend(model, tok, max_model_len=20, on_prompt_too_long="skip", eos_token_ids=[10_000])
+    batch = backend.generate([long_prompt, tok.encode("ok")], SamplingSpec(max_tokens=4, temperature=0))
+    assert batch.finish_reasons[0] == "skipped" and batch.num_skipped == 1 and backend.num_skipped_total == 1
+    assert batch.finish_reasons[1] == "length" and len(batch.completion_ids[1]) == 4
+    trl = batch.to_trl()
+    assert trl["env_mask"][0] == [0] and trl["env_mask"][1] == [1, 1, 1, 1]
+    assert batch.padded(tok.pad_token_id)["completion_mask"][0].sum() == 0
+
+
+def test_rollout_batch_validates_and_pads():
+    with pytest.raises(ValueError, match="2 completion tokens but 1 log-probs"):
+        RolloutBatch([[1]], [[2, 3]], [[0.0]], ["stop"])
+    with pytest.raises(ValueError, match="finish reason 'abort'"):
+        RolloutBatch([[1]], [[2]], [[0.0]], ["abort"])
+    b = RolloutBatch([[1, 2], [3]], [[4], [5, 6]], [[-0.5], [-1.0, -2.0]], ["stop", "length"])
+    t = b.padded(pad_token_id=0)
+    assert t["prompt_ids"].tolist() == [[1, 2], [0, 3]] and t["prompt_mask"].tolist() == [[1, 1], [0, 1]]
+    assert t["completion_ids"].tolist() == [[4, 0], [5, 6]] and t["completion_mask"].tolist() == [[1, 0], [1, 1]]
+    assert t["logprobs"].tolist() == [[-0.5, 0.0], [-1.0, -2.0]]
+    assert set(b.to_trl()) == {"prompt_ids", "completion_ids", "logprobs", "rollout_finish_reason"}
+
+
+def test_resolve_rollout_transformers_is_trl_default():
+    class Args:
+        rollout_backend = "transformers"
+
+    assert resolve_rollout(Args()) is None
+    Args.rollout_backend = "tgi"
+    with pytest.raises(ValueError, match="rollout_backend='tgi' is not one of"):
+        resolve_rollout(Args())
+
+
+def digit_reward(completions, **kwargs):
+    assert "rollout_finish_reason" in kwargs  # extra fields reach the reward functions
+    return [sum(ch.isdigit() for ch in c[-1]["content"]) + 0.01 * len(c[-1]["content"]) for c in completions]
+
+
+def test_rollout_func_drives_a_trainer_step(tmp_path):
+    from rlattn.config import AttnCreditConfig
+    from rlattn.trainer import AttnCreditGRPOTrainer
+
+    model, tok = tiny_model("llama", num_layers=2, seed=0)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}]} for i in range(4)])
+    args = AttnCreditConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=12,
+        max_steps=2, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", bf16=False,
+        gradient_checkpointing=False, seed=0, beta=0.0, use_cpu=True, credit_strategy="uniform",
+    )
+    fn = make_rollout_func("transformers")
+    trainer = AttnCreditGRPOTrainer(model=model, reward_funcs=[digit_reward], args=args, train_dataset=data,
+                                    processing_class=tok, rollout_func=fn)
+    trainer.train()
+    assert fn.version == 1  # synced at step 0 and step 1
+    logged = {k for h in trainer.state.log_history for k in h}
+    assert {"rollouts/generate_s", "rollouts/tokens_per_s", "loss"} <= logged
