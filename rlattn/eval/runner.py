@@ -1,0 +1,327 @@
+"""``evaluate(config) -> EvalReport``: sample, grade, store, resume, aggregate, report.
+
+Why it is built around one per-sample file: evaluation on a CPU (or 16 samples of 8K tokens on
+AIME on a GPU) takes long enough to be interrupted. Every graded sample is appended to
+``output_dir/samples.jsonl`` (flushed per batch) under the key ``(model, dataset, problem_id,
+sample_index)``; a rerun reads the file, reuses every sample it holds, and generates only the
+missing ones. A line cut short by a kill is skipped. Each record carries the fingerprint of the
+sampling/grading settings (:meth:`EvalConfig.sample_fingerprint`); samples drawn under other
+settings are refused with an error rather than mixed in (``resume: false`` starts over).
+
+Order of work: datasets are loaded and model specs located first, so an unknown dataset or a
+missing checkpoint fails before any generation; then, per model, only models with missing
+samples are loaded (a fully cached model is not even loaded); per dataset, the missing samples
+are generated in batches of ``batch_size`` and graded at once, with a progress bar.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import EvalConfig
+from .generate import check_backend, generate_batch, seed_from
+from .grade import grade_completions
+from .loading import load_eval_model, locate_model, model_label
+from .metrics import ProblemSamples, dataset_metrics
+
+__all__ = ["EvalReport", "SampleStore", "evaluate"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+@dataclass
+class EvalReport:
+    """What :func:`evaluate` measured; ``results[model_label][dataset]`` is a metrics dict
+    (:func:`rlattn.eval.metrics.dataset_metrics`: rates as fractions, lengths in tokens)."""
+
+    protocol: dict
+    models: list[dict]  # label, spec, kind, path, base; the first is the baseline of every delta
+    datasets: list[dict]  # name, problems, n, k
+    results: dict[str, dict[str, dict]]
+    ungraded: list[dict]  # model, dataset, problem_id, sample_index, answer
+    config: dict
+    output_dir: str
+    files: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # reused / generated samples this run
+
+    @property
+    def labels(self) -> list[str]:
+        return [m["label"] for m in self.models]
+
+    def metric(self, model: str, dataset: str, key: str):
+        """One number, e.g. ``report.metric("base", "math500", "pass@1")``."""
+        return self.results[model][dataset][key]
+
+    def to_dict(self) -> dict:
+        return {
+            "protocol": self.protocol,
+            "models": self.models,
+            "datasets": self.datasets,
+            "results": self.results,
+            "ungraded": self.ungraded,
+            "counts": self.counts,
+            "config": self.config,
+            "files": self.files,
+        }
+
+
+class SampleStore:
+    """The per-sample JSONL: load what a previous run graded, append new records as they come."""
+
+    def __init__(self, path: Path, fingerprint: str, resume: bool = True):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.records: dict[tuple, dict] = {}
+        self.skipped_lines = 0
+        if not resume or not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+            return
+        with self.path.open("r", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    key = self.key(rec["model"], rec["dataset"], rec["problem_id"], rec["sample_index"])
+                except (ValueError, KeyError, TypeError):
+                    self.skipped_lines += 1  # a line cut short by a kill: regenerate that sample
+                    continue
+                if rec.get("fingerprint") != fingerprint:
+                    raise ValueError(
+                        f"{self.path}, line {lineno}: this sample was drawn with other settings (fingerprint "
+                        f"{rec.get('fingerprint')!r}, now {fingerprint!r}: temperature, top_p, max_new_tokens, "
+                        "prompt_template, seed, backend or grading changed); use another output_dir, or resume: false "
+                        "(--resume false) to start over"
+                    )
+                self.records[key] = rec
+        if self.skipped_lines:
+            logger.warning("%s: %d unreadable line(s) (an interrupted write?) skipped; those samples are regenerated", self.path, self.skipped_lines)
+        self._rewrite()  # drop partial lines so appends start on a clean line
+
+    @staticmethod
+    def key(model: str, dataset: str, problem_id, sample_index) -> tuple:
+        return (str(model), str(dataset), str(problem_id), int(sample_index))
+
+    def get(self, model: str, dataset: str, problem_id, sample_index) -> dict | None:
+        return self.records.get(self.key(model, dataset, problem_id, sample_index))
+
+    def append(self, records: list[dict]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        for rec in records:
+            self.records[self.key(rec["model"], rec["dataset"], rec["problem_id"], rec["sample_index"])] = rec
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            for rec in self.records.values():
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _labels(config: EvalConfig) -> list[str]:
+    if config.model_labels is not None:
+        return list(config.model_labels)
+    labels, seen = [], {}
+    for spec in config.models:
+        base = model_label(spec)
+        seen[base] = seen.get(base, 0) + 1
+        labels.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return labels
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled or total == 0, leave=True, dynamic_ncols=True)
+
+
+def evaluate(
+    config: EvalConfig,
+    *,
+    grader=None,
+    on_batch: Callable[[list[dict]], None] | None = None,
+    write: bool = True,
+) -> EvalReport:
+    """Evaluate every model on every dataset; write report.md/.json, samples.jsonl and plots.
+
+    Args:
+        config: what to run (:class:`EvalConfig`).
+        grader: a :class:`rlattn.rewards.BoundedGrader` to grade with (default: a new one with
+            ``grade_workers`` workers, closed at the end).
+        on_batch: called with the records of each batch after they are stored (progress hooks;
+            an exception raised here stops the run, and what was stored is reused on resume).
+        write: write report.md / report.json / plots (samples.jsonl is always written).
+    """
+    from rlattn.data import load_dataset
+    from rlattn.rewards import BoundedGrader
+
+    if not isinstance(config, EvalConfig):
+        raise TypeError(f"evaluate() takes an EvalConfig, got {type(config).__name__}")
+    check_backend(config.backend)
+
+    # ---- fail fast: every dataset loads and every model spec points at something ----
+    n_per = config.n_per_dataset()
+    data = {}
+    for name in config.datasets:
+        try:
+            data[name] = load_dataset(name, template=config.prompt_template, limit=config.limit)
+        except (ValueError, FileNotFoundError) as err:
+            raise type(err)(f"datasets entry {name!r}: {err}") from err
+    labels = _labels(config)
+    model_infos = []
+    for spec, label in zip(config.models, labels):
+        kind, path, base = locate_model(spec)
+        model_infos.append({"label": label, "spec": spec, "kind": kind, "path": path, "base": base})
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = config.sample_fingerprint()
+    store = SampleStore(out / SAMPLES_FILE, fingerprint, resume=config.resume)
+    own_grader = grader is None
+    if own_grader:
+        grader = BoundedGrader(num_workers=config.grade_workers, timeout=config.grade_timeout_s)
+    counts = {"reused": 0, "generated": 0}
+    device = _device(config.device)
+    if config.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+
+    try:
+        for info in model_infos:
+            spec, label = info["spec"], info["label"]
+            todo: dict[str, list[tuple[dict, int]]] = {}
+            for name, ds in data.items():
+                missing = []
+                for row in ds:
+                    for s in range(n_per[name]):
+                        if store.get(spec, name, row["id"], s) is None:
+                            missing.append((row, s))
+                        else:
+                            counts["reused"] += 1
+                todo[name] = missing
+            if not any(todo.values()):
+                logger.info("%s: every sample is already graded in %s; not loading the model", label, store.path)
+                continue
+            loaded = load_eval_model(spec, dtype=config.dtype, device=device, attn_implementation=config.attn_implementation)
+            info.update(loaded.info(), label=label)
+            try:
+                for name, missing in todo.items():
+                    _run_dataset(config, store, grader, loaded, label, name, missing, fingerprint, on_batch, counts)
+            finally:
+                del loaded
+                gc.collect()
+    finally:
+        if own_grader:
+            grader.close()
+
+    # ---- aggregate from the store (reused and new samples alike) ----
+    results: dict[str, dict[str, dict]] = {}
+    ungraded: list[dict] = []
+    for info in model_infos:
+        per_model = results.setdefault(info["label"], {})
+        for name, ds in data.items():
+            problems = []
+            for row in ds:
+                recs = [store.get(info["spec"], name, row["id"], s) for s in range(n_per[name])]
+                problems.append(
+                    ProblemSamples(
+                        problem_id=str(row["id"]),
+                        answers=[r["answer"] for r in recs],
+                        correct=[r["correct"] for r in recs],
+                        lengths=[r["length"] for r in recs],
+                        truncated=[r["truncated"] for r in recs],
+                    )
+                )
+                for r in recs:
+                    if r["correct"] is None:
+                        ungraded.append({k: r[k] for k in ("model", "model_label", "dataset", "problem_id", "sample_index", "answer")})
+            per_model[name] = dataset_metrics(problems, n_per[name], config.k_for(name))
+    report = EvalReport(
+        protocol=config.protocol(),
+        models=model_infos,
+        datasets=[{"name": name, "problems": len(ds), "n": n_per[name], "k": config.k_for(name)} for name, ds in data.items()],
+        results=results,
+        ungraded=ungraded,
+        config=config.to_dict(),
+        output_dir=str(out),
+        files={"samples": str(store.path)},
+        counts=counts,
+    )
+    if write:
+        from .report import write_report
+
+        write_report(report, plots=config.plots)
+    return report
+
+
+def _run_dataset(config, store, grader, loaded, label, name, missing, fingerprint, on_batch, counts) -> None:
+    """Generate and grade the missing samples of one (model, dataset), batch by batch."""
+    if not missing:
+        return
+    bar = _progress(len(missing), f"{label} | {name}", config.progress)
+    try:
+        for start in range(0, len(missing), config.batch_size):
+            batch = missing[start : start + config.batch_size]
+            first_row, first_s = batch[0]
+            gens = generate_batch(
+                loaded.model,
+                loaded.tokenizer,
+                [row["prompt"] for row, _ in batch],
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=seed_from(config.seed, loaded.spec, name, first_row["id"], first_s),
+            )
+            grades = grade_completions(
+                [g.text for g in gens],
+                [row["solution"] for row, _ in batch],
+                grader,
+                timeout=config.grade_timeout_s,
+                fallback_last_number=config.accuracy_fallback_last_number,
+            )
+            records = [
+                {
+                    "model": loaded.spec,
+                    "model_label": label,
+                    "dataset": name,
+                    "problem_id": str(row["id"]),
+                    "sample_index": s,
+                    "completion": gen.text,
+                    "answer": grade.answer,
+                    "gold": row["solution"],
+                    "correct": grade.correct,
+                    "length": gen.length,
+                    "truncated": gen.truncated,
+                    "fingerprint": fingerprint,
+                }
+                for (row, s), gen, grade in zip(batch, gens, grades)
+            ]
+            store.append(records)
+            counts["generated"] += len(records)
+            bar.update(len(records))
+            if on_batch is not None:
+                on_batch(records)
+    finally:
+        bar.close()
