@@ -219,23 +219,9 @@ def _describe(fn: Any) -> str:
 
 
 def _import_path(path: str) -> CreditFn:
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"credit strategy {path!r} is not a dotted path 'package.module:function'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"credit strategy {path!r}: cannot import module {module_name!r} ({err})") from err
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as err:
-            raise ValueError(
-                f"credit strategy {path!r}: module {module_name!r} has no attribute {attr!r}"
-            ) from err
-    if not callable(obj):
-        raise ValueError(f"credit strategy {path!r} is not callable (got {type(obj).__name__})")
-    return obj
+    from rlattn.utils import import_dotted
+
+    return import_dotted(path, "credit strategy")
 
 
 def get_credit_fn(name_or_path: str) -> CreditFn:

@@ -25,7 +25,6 @@ per completion, every dataset column (``solution``, ``nums``, ...) arriving as a
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import logging
 import math
@@ -95,21 +94,9 @@ def register_reward(name: str, obj: Callable | None = None):
 
 
 def _resolve_dotted(path: str) -> Callable:
-    module_name, _, attr_path = path.partition(":")
-    if not module_name or not attr_path:
-        raise ValueError(f"a dotted reward path looks like 'package.module:function', got {path!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"reward {path!r}: cannot import module {module_name!r} ({exc})") from exc
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"reward {path!r}: module {module_name!r} has no attribute {attr_path!r}") from None
-    if not callable(obj):
-        raise ValueError(f"reward {path!r} is not callable (got {type(obj).__name__})")
-    return obj
+    from rlattn.utils import import_dotted
+
+    return import_dotted(path, "reward")
 
 
 def get_reward_fn(name: str, **kwargs: Any) -> "SafeReward":
