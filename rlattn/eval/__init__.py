@@ -14,7 +14,8 @@ truncation rate, ungraded count (``metrics.py``). Grading is the training reward
 grader (``grade.py``). Outputs in ``output_dir``: ``report.md``, ``report.json``,
 ``samples.jsonl`` (one graded sample a line; a rerun resumes from it) and ``plots/*.png``
 (``report.py``). Modules: ``config`` (EvalConfig), ``loading`` (checkpoints, hub ids,
-``embedded:``, LoRA adapters), ``generate`` (batched HF generate), ``grade``, ``metrics``,
+``embedded:``, LoRA adapters), ``generate`` (batched HF generate, or the vLLM engine of
+``rlattn.rollouts`` with ``backend: vllm``), ``grade``, ``metrics``,
 ``report``, ``runner`` (``evaluate``). The protocol and metric definitions: docs/evaluation.md.
 """
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 __all__ = ["BACKENDS", "PAPER_TABLES", "EvalConfig", "default_k_values", "parse_eval_args"]
 
-#: Generation backends ``backend`` accepts (``vllm`` is parsed but not built yet: see README status).
+#: Generation backends ``backend`` accepts (``vllm`` needs vllm installed: docs/evaluation.md).
 BACKENDS = ("transformers", "vllm")
 
 #: ``paper_table`` values: which Table 4 block of arXiv 2510.13554 the report quotes next to the
@@ -66,7 +66,7 @@ class EvalConfig:
     seed: int = field(default=0, metadata=_h("Sampling seed; each generation batch is seeded from (seed, model, dataset, first sample), so reruns are reproducible."))
 
     # --- how to run ---
-    backend: str = field(default="transformers", metadata=_h("Generation backend: transformers (batched HF generate, CPU or GPU) | vllm (not built yet: see README status)."))
+    backend: str = field(default="transformers", metadata=_h("Generation backend: transformers (batched HF generate, CPU or GPU) | vllm (rlattn's vLLM engine, one process per model; needs vllm: scripts/setup_vllm_cpu.sh on CPU; dtype is honoured, device/attn_implementation are vLLM's own)."))
     batch_size: int = field(default=16, metadata=_h("Responses generated per generate() call (problems x samples, left-padded)."))
     dtype: str = field(default="auto", metadata=_h("Model dtype: auto (the checkpoint's) | float32 | bfloat16 | float16."))
     device: str = field(default="auto", metadata=_h("auto (cuda when available, else cpu) | cpu | cuda | cuda:N."))

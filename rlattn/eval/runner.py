@@ -11,7 +11,9 @@ settings are refused with an error rather than mixed in (``resume: false`` start
 Order of work: datasets are loaded and model specs located first, so an unknown dataset or a
 missing checkpoint fails before any generation; then, per model, only models with missing
 samples are loaded (a fully cached model is not even loaded); per dataset, the missing samples
-are generated in batches of ``batch_size`` and graded at once, with a progress bar.
+are generated in batches of ``batch_size`` and graded at once, with a progress bar. With
+``backend: vllm`` a model is a vLLM engine process (:func:`~rlattn.eval.generate.load_vllm_model`)
+instead of an HF model, stopped once the model's samples are done (or the run fails).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import EvalConfig
-from .generate import check_backend, generate_batch, seed_from
+from .generate import check_backend, generate_batch, load_vllm_model, seed_from
 from .grade import grade_completions
 from .loading import load_eval_model, locate_model, model_label
 from .metrics import ProblemSamples, dataset_metrics
@@ -224,12 +226,25 @@ def evaluate(
             if not any(todo.values()):
                 logger.info("%s: every sample is already graded in %s; not loading the model", label, store.path)
                 continue
-            loaded = load_eval_model(spec, dtype=config.dtype, device=device, attn_implementation=config.attn_implementation)
+            if config.backend == "vllm":
+                # an engine process per model, sized for the prompts it will see; closed below
+                loaded = load_vllm_model(
+                    spec,
+                    dtype=config.dtype,
+                    prompts=[row["prompt"] for missing in todo.values() for row, _ in missing],
+                    max_new_tokens=config.max_new_tokens,
+                    seed=config.seed,
+                )
+            else:
+                loaded = load_eval_model(spec, dtype=config.dtype, device=device, attn_implementation=config.attn_implementation)
             info.update(loaded.info(), label=label)
             try:
                 for name, missing in todo.items():
                     _run_dataset(config, store, grader, loaded, label, name, missing, fingerprint, on_batch, counts)
             finally:
+                close = getattr(loaded, "close", None)
+                if close is not None:
+                    close()  # vllm: stop the engine process before the next model
                 del loaded
                 gc.collect()
     finally:
