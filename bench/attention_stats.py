@@ -106,6 +106,7 @@ def child(method: str, n: int, model_dir: str, repeats: int = 1) -> None:
 def main() -> None:
     from _common import command, machine, run_child, write_section
 
+    from rlattn.credit.attention_stats import default_layers
     from rlattn.models import DEFAULT_MODEL, resolve_model
 
     p = argparse.ArgumentParser()
@@ -149,7 +150,7 @@ def main() -> None:
     body = (
         "## Attention statistics: rlattn's streaming engine vs the paper's full eager maps\n\n"
         f"Model: embedded SmolLM2-135M-Instruct ({L} layers, {H} query heads), fp32, batch 1, "
-        f"{PROMPT}-token prompt, default AttentionStatsConfig (5 layers {AttentionStatsConfigLayers(L)}, W=10, FAI 10..100).\n"
+        f"{PROMPT}-token prompt, default AttentionStatsConfig (5 layers {default_layers(L)}, W=10, FAI 10..100).\n"
         f"Each cell is a fresh subprocess; time = fastest of {a.repeats} repeats for N in {a.lengths} (one run above); "
         "peak extra = peak RSS growth over the loaded model (first run). "
         "Speed-up and memory ratio = paper's way / rlattn, measured side by side in this run. "
@@ -159,12 +160,6 @@ def main() -> None:
     if a.write:
         write_section("attention_stats", body)
     print("\n" + body)
-
-
-def AttentionStatsConfigLayers(L):
-    from rlattn.credit.attention_stats import default_layers
-
-    return default_layers(L)
 
 
 if __name__ == "__main__":

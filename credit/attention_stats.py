@@ -111,12 +111,6 @@ class AttentionStats:
     global_heads: torch.Tensor  # bool [B, nL, H]
     layers: list[int] = field(default_factory=list)
 
-    def to(self, device) -> "AttentionStats":
-        return AttentionStats(
-            self.waad.to(device), self.fai.to(device), self.head_span.to(device),
-            self.local_heads.to(device), self.global_heads.to(device), list(self.layers),
-        )
-
 
 def _check_inputs(input_ids, attention_mask, response_mask):
     for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask), ("response_mask", response_mask)):

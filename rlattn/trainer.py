@@ -75,7 +75,7 @@ class _Piggyback:
         merged.fai_h = torch.cat([r.fai_h for r in reducers])
         am = torch.cat([p[1] for p in self.parts])
         rm = torch.cat([p[2] for p in self.parts])
-        return finalize_stats(merged, self.layers, am, _nonempty(rm), self.cfg), rm
+        return finalize_stats(merged, self.layers, am, _nonempty(rm), self.cfg)
 
 
 def _nonempty(resp: torch.Tensor) -> torch.Tensor:
@@ -170,16 +170,16 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         mask = completion_mask.bool()  # [B, T]
         if "tool_mask" in output:
             mask = mask & output["tool_mask"].bool()
-        waad = fai = entropies = None
+        entropies = None
         piggybacked = False
         if needs_stats:
             if pig is not None and pig.parts:
-                stats, _ = pig.result()
+                stats = pig.result()
+                waad, fai = stats.waad, stats.fai  # [B, P+T]
                 piggybacked = True
             else:
-                stats = self._early_exit_stats(prompt_ids, prompt_mask, completion_ids, completion_mask)
-            waad = stats.waad[:, P:]  # [B, T]
-            fai = stats.fai[:, P:]  # [B, T]
+                waad, fai = self._early_exit_stats(prompt_ids, prompt_mask, completion_ids, completion_mask)  # [B, P+T]
+            waad, fai = waad[:, P:], fai[:, P:]  # [B, T]
         else:
             waad = torch.zeros(mask.shape, device=mask.device)
             fai = torch.full(mask.shape, float("nan"), device=mask.device)
@@ -192,12 +192,12 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         from rlattn.credit.advantages import apply_credit
 
         output["advantages"] = apply_credit(output["advantages"], gamma, sign=cfg.sign)  # [B, T]
-        stats_time = time.perf_counter() - t0
         sel = {}
-        if needs_stats:
+        if needs_stats:  # the token sets again, for the report (strategies return only gamma)
             from rlattn.credit.selection import select_tokens
 
             sel = select_tokens(waad.float(), fai.float(), mask, cfg)  # bool [B, T] each
+        stats_time = time.perf_counter() - t0  # all credit overhead: statistics, gamma, report sets
         # the tensors behind this batch's credit, for inspection and tests
         self.last_credit = {"gamma": gamma, "waad": waad, "fai": fai, "mask": mask, "piggybacked": piggybacked, **sel}
         self._log_credit(mode, gamma, mask, sel, stats_time, cycle_start, piggybacked)
@@ -222,7 +222,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                     r = rows[start : start + bs]
                     s = compute_attention_stats(self.model, ids[r], am[r], resp[r], self.stats_config)
                     waad[r], fai[r] = s.waad, s.fai
-        return _Stats(waad, fai)
+        return waad, fai
 
     @torch.no_grad()
     def _policy_entropies(self, prompt_ids, prompt_mask, completion_ids, completion_mask):
@@ -250,7 +250,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
 
     def _maybe_write_samples(self, output, gamma, waad, fai, mask, sel, cfg, n_local):
         n = int(getattr(self.args, "credit_log_samples", 0) or 0)
-        steps = max(1, int(self.args.logging_steps)) if self.args.logging_steps >= 1 else 1
+        steps = max(1, int(self.args.logging_steps))  # a fractional logging_steps means every step here
         if n <= 0 or not self.model.training or self.state.global_step % steps != 0:
             return
         from rlattn.rollouts.records import append_records
@@ -281,11 +281,6 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             })
         path = os.path.join(self.args.output_dir, f"rollouts{'' if rank == 0 else f'-rank{rank}'}.jsonl")
         append_records(path, records)
-
-
-class _Stats:
-    def __init__(self, waad, fai):
-        self.waad, self.fai = waad, fai
 
 
 def _last(values, index, total):
