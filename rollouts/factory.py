@@ -72,7 +72,7 @@ class TRLRolloutFunc:
 
         path = self.model_path or _base_model_path(model)
         opts = dict(self.engine_options)
-        if hasattr(model, "peft_config"):
+        if hasattr(model, "peft_config") and opts.get("lora_handover", "merged") == "adapter":
             opts.setdefault("enable_lora", True)
             r = next(iter(model.peft_config.values())).r
             opts["max_lora_rank"] = max(int(opts.get("max_lora_rank", 0)), _round_rank(r))
@@ -153,4 +153,5 @@ def resolve_rollout(training_args, model_path: str | None = None):
     if max_len:
         opts["max_model_len"] = int(max_len)
     opts["seed"] = int(getattr(training_args, "seed", 0))
+    opts["lora_handover"] = getattr(training_args, "rollout_vllm_lora_handover", "merged")
     return make_rollout_func("vllm", model_path=model_path, **opts)

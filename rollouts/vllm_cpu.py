@@ -4,9 +4,14 @@ Why: TRL drives vLLM on GPUs (``use_vllm``, colocate or server), but on CPU its 
 (``'Parameter' object has no attribute 'weight_loader'``: the CPU backend repacks linear weights
 after loading). So on CPU rlattn runs ``vllm.LLM`` itself and hands each new policy version over:
 
-- LoRA policies: the PEFT adapter is saved to a temp dir per version and passed to ``generate``
-  as a ``LoRARequest`` with a fresh id (vLLM's LoRA support; ``enable_lora``, ``max_lora_rank``).
-  The base weights never move, so a hand-over costs one small file write.
+- LoRA policies, ``lora_handover="merged"`` (default): the adapter's delta ``B·A·scale`` is added
+  to a *copy* of each adapted base weight (the trainer's model is never merged in place, so no bf16
+  merge/unmerge round-off creeps into its base weights) and the merged weights are reloaded like a
+  full fine-tune below. Why: vLLM's CPU LoRA kernels cost ~2.4x per generated token (measured: 95 vs
+  220 tok/s at batch 16, SmolLM2-135M, rank 16), far more than a ~1 s reload per step.
+- LoRA policies, ``lora_handover="adapter"``: the PEFT adapter is saved to a temp dir per version
+  and passed to ``generate`` as a ``LoRARequest`` with a fresh id (vLLM's LoRA support;
+  ``enable_lora``, ``max_lora_rank``). The base weights never move: one small file write.
 - Full fine-tuning: the policy's weights are saved (safetensors) and the engine re-runs its model
   loader on them (``reload_weights`` after pointing the load config at the new files).
 
@@ -58,8 +63,9 @@ class VLLMCPUConfig:
     max_model_len: int = 1024
     kvcache_space_gb: float = 2.0  # VLLM_CPU_KVCACHE_SPACE
     enforce_eager: bool = True  # ~25 s start-up instead of ~65 s (no graph compilation)
-    enable_lora: bool = False
+    enable_lora: bool = False  # only needed for lora_handover="adapter"
     max_lora_rank: int = 16
+    lora_handover: str = "merged"  # PEFT policies: "merged" (reload merged weights) | "adapter" (LoRARequest)
     seed: int = 0
     logprobs_mode: str = "processed_logprobs"  # log-probs after temperature/top-k/top-p, like HF's scores
     start_timeout_s: float = 300.0
@@ -68,6 +74,8 @@ class VLLMCPUConfig:
     engine_kwargs: dict = field(default_factory=dict)  # passed to vllm.LLM as is
 
     def __post_init__(self):
+        if self.lora_handover not in ("merged", "adapter"):
+            raise ValueError(f"lora_handover={self.lora_handover!r} is not one of 'merged', 'adapter'")
         if self.on_prompt_too_long not in ("error", "skip"):
             raise ValueError(f"on_prompt_too_long={self.on_prompt_too_long!r} is not one of 'error', 'skip'")
         for name in ("start_timeout_s", "request_timeout_s", "kvcache_space_gb"):
@@ -167,6 +175,43 @@ def _child_load_weights(llm, path: str):
 
 
 # ----------------------------------------------------------------------------- parent side
+
+def merged_state_dict(peft_model) -> dict:
+    """The base model's state dict with the active LoRA adapter merged in, in checkpoint names.
+
+    Each adapted weight becomes ``W + ΔW`` (``ΔW`` = PEFT's ``get_delta_weight``, summed in fp32,
+    cast back to ``W``'s dtype) on a copy: ``peft_model`` is not modified. LoRA tensors are dropped,
+    ``.base_layer.`` and ``.modules_to_save.<adapter>.`` are folded into the plain names, and tensors
+    that share storage (tied embeddings) are written once under their first name.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    adapter = peft_model.active_adapter
+    base = peft_model.get_base_model()
+    lora_modules = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    out, seen = {}, set()
+    for key, tensor in base.state_dict().items():  # state_dict() tensors are detached
+        if "lora_" in key or ".original_module." in key:
+            continue
+        if ".modules_to_save." in key:
+            if f".modules_to_save.{adapter}." not in key:
+                continue
+            key = key.replace(f".modules_to_save.{adapter}.", ".")
+        ptr = tensor.data_ptr()
+        if ptr in seen:  # tied weights: once, under the first name
+            continue
+        seen.add(ptr)
+        name = key
+        if ".base_layer." in key:
+            module_name, _, param = key.partition(".base_layer.")
+            name = f"{module_name}.{param}"
+            module = lora_modules.get(module_name)
+            if module is not None and param == "weight" and adapter in module.lora_A:
+                with torch.no_grad():
+                    tensor = (tensor.float() + module.get_delta_weight(adapter).float()).to(tensor.dtype)
+        out[name] = tensor.contiguous().clone()
+    return out
 
 class VLLMCPUBackend:
     """A vLLM engine in a child process that samples from the current policy. See module doc.
@@ -277,9 +322,9 @@ class VLLMCPUBackend:
     def sync(self, model, version: int) -> None:
         """Make the engine sample from ``model`` (policy version ``version``)."""
         t0 = time.perf_counter()
-        if hasattr(model, "peft_config"):
+        if hasattr(model, "peft_config") and self.config.lora_handover == "adapter":
             if not self.config.enable_lora:
-                raise RolloutError("the policy is a PEFT model but the engine was started with enable_lora=False")
+                raise RolloutError("lora_handover='adapter' needs an engine started with enable_lora=True")
             cfg = next(iter(model.peft_config.values()))
             if getattr(cfg, "r", 0) > self.config.max_lora_rank:
                 raise ValueError(f"lora_r={cfg.r} exceeds the engine's max_lora_rank={self.config.max_lora_rank}")
@@ -292,7 +337,15 @@ class VLLMCPUBackend:
                 shutil.rmtree(old["path"], ignore_errors=True)
         else:
             path = self._tmp / f"weights-v{version}"
-            model.save_pretrained(str(path), safe_serialization=True)
+            if hasattr(model, "peft_config"):  # merged hand-over: base + B·A·scale, model left untouched
+                from safetensors.torch import save_file
+
+                path.mkdir(parents=True)
+                save_file(merged_state_dict(model), str(path / "model.safetensors"), metadata={"format": "pt"})
+                model.get_base_model().config.save_pretrained(str(path))
+                self._lora = None
+            else:
+                model.save_pretrained(str(path), safe_serialization=True)
             for f in Path(self.config.model).glob("*.json"):  # tokenizer/generation files vLLM may read
                 if not (path / f.name).exists():
                     shutil.copy(f, path / f.name)

@@ -53,7 +53,7 @@ def hf_model(model_path):
 def engine(model_path, tok):
     backend = VLLMCPUBackend(
         VLLMCPUConfig(model=model_path, dtype="float32", max_model_len=512, enable_lora=True, max_lora_rank=8,
-                      start_timeout_s=300, request_timeout_s=300),
+                      lora_handover="adapter", start_timeout_s=300, request_timeout_s=300),
         eos_token_ids=[tok.eos_token_id],
     )
     backend.start()
@@ -109,7 +109,8 @@ def test_sampled_groups_differ_and_stop_or_length(engine, tok):
         assert (c[-1] == tok.eos_token_id) == (r == "stop")
 
 
-def test_lora_handover_after_an_optimizer_step(engine, model_path, tok):
+@pytest.mark.parametrize("handover", ["adapter", "merged"])
+def test_lora_handover_after_an_optimizer_step(engine, model_path, tok, handover):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -123,7 +124,12 @@ def test_lora_handover_after_an_optimizer_step(engine, model_path, tok):
     policy(**text, labels=text["input_ids"]).loss.backward()
     opt.step()
     policy.eval()
-    engine.sync(policy, version=1)
+    engine.config.lora_handover = handover
+    try:
+        engine.sync(policy, version=1)
+    finally:
+        engine.config.lora_handover = "adapter"
+    assert (engine._lora is None) == (handover == "merged")
     batch = engine.generate(prompts, SamplingSpec(max_tokens=16, temperature=1.0))
     assert batch.policy_version == 1
     moved = 0.0
