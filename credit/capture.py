@@ -35,6 +35,24 @@ _UNSUPPORTED_KWARGS = {
 }
 
 
+_PAUSED = [0]  # depth of capture_paused(); a capture fires only at the depth it was opened at
+
+
+@contextmanager
+def capture_paused() -> Iterator[None]:
+    """Within the block, captures opened outside it ignore attention calls (no callback, no stop).
+
+    For models that run extra internal passes before their main one (e.g. rlattn.backbones'
+    LatentPolicy computing its latents): statistics must see only the main pass. A capture opened
+    inside the block (the model's own, for its internal pass) works as usual.
+    """
+    _PAUSED[0] += 1
+    try:
+        yield
+    finally:
+        _PAUSED[0] -= 1
+
+
 class StopForward(Exception):
     """Raised inside the forward after the last selected layer; caught by ``capture_qk``."""
 
@@ -95,10 +113,12 @@ def capture_qk(model: torch.nn.Module, layers: list[int], callback: QKCallback, 
         )
     targets = {id(modules[l][1]): l for l in layers}
     last = max(layers)
-    impl = getattr(base.config, "_attn_implementation", None) or "eager"
+    # the attention modules look themselves up under their own config's implementation name
+    impl = getattr(modules[layers[0]][1].config, "_attn_implementation", None) or "eager"
     registry = _registry()
     previous_local = registry._local_mapping.get(impl)
     captured: set = set()
+    depth = _PAUSED[0]
 
     def fallback(module):
         if previous_local is not None:
@@ -111,7 +131,7 @@ def capture_qk(model: torch.nn.Module, layers: list[int], callback: QKCallback, 
         return eager
 
     def wrapper(module, query, key, value, attention_mask, *args, **kwargs):
-        layer = targets.get(id(module))
+        layer = targets.get(id(module)) if _PAUSED[0] == depth else None
         if layer is not None:
             for kw, what in _UNSUPPORTED_KWARGS.items():
                 if kwargs.get(kw) is not None:
