@@ -14,6 +14,7 @@ Built-in rewards (YAML name -> factory):
 | ``format`` | ``get_format_reward(think=False)`` | 1 for a non-empty ``\\boxed{}`` (after ``</think>`` if ``think``), else 0 |
 | ``soft_overlong`` | ``get_soft_overlong_reward(max_completion_len, soft_punish_cache)`` | DAPO length penalty in [-1, 0] from ``completion_ids`` |
 | ``countdown`` | ``get_countdown_reward(format_score=0.0)`` | 1 when the equation uses ``nums`` once each and equals ``target`` |
+| ``exact`` | ``get_exact_reward(case_sensitive=False)`` | 1 when the last non-empty ``\\boxed{}`` (else the first word, punctuation stripped) equals ``solution``, else 0; None without a solution |
 
 Contract (TRL's): ``fn(completions, **dataset_columns) -> list[float | None]``; ``None`` means
 "cannot verify" and is left out of TRL's reward sum and logged means. Every reward from
@@ -41,9 +42,10 @@ from .registry import (
 
 # The built-in rewards register themselves with @register_reward in these modules; this import
 # list is the one place that decides which ones exist.
-from . import accuracy, countdown, format, soft_overlong  # noqa: E402,F401  isort: skip
+from . import accuracy, countdown, exact, format, soft_overlong  # noqa: E402,F401  isort: skip
 from .accuracy import get_accuracy_reward  # noqa: E402
 from .countdown import get_countdown_reward  # noqa: E402
+from .exact import get_exact_reward  # noqa: E402
 from .format import get_format_reward  # noqa: E402
 from .soft_overlong import get_soft_overlong_reward  # noqa: E402
 
@@ -59,6 +61,7 @@ __all__ = [
     "get_accuracy_reward",
     "get_countdown_reward",
     "get_default_grader",
+    "get_exact_reward",
     "get_format_reward",
     "get_reward_fn",
     "get_reward_fns",
