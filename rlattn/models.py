@@ -13,8 +13,10 @@ Cache safety:
 - a marker file with the source GGUF's size and the expected weight files is written last, so a
   partial or corrupt cache (marker missing or files missing/empty) is detected and rebuilt.
 
-``resolve_model("embedded:smollm2-135m-instruct")`` returns the converted dir; any other string (a
-local path or a hub id) is returned unchanged.
+``resolve_model("embedded:smollm2-135m-instruct")`` returns the converted dir;
+``resolve_model("tiny:llama-h64-l4")`` builds (once, seed 0) a small *randomly initialised* model
+with rlattn's byte tokenizer (``rlattn.testing``) for smoke runs and learn-from-scratch toy tasks;
+any other string (a local path or a hub id) is returned unchanged.
 """
 
 from __future__ import annotations
@@ -183,10 +185,46 @@ def ensure_embedded(name: str = DEFAULT_MODEL, cache: Path | None = None) -> Pat
     return target
 
 
+TINY_PREFIX = "tiny:"
+_TINY_PATTERN = r"tiny:(llama|qwen2|qwen3)(?:-h(\d+))?(?:-l(\d+))?"
+
+
+def ensure_tiny(name: str, cache: Path | None = None) -> Path:
+    """Build and save the random model ``tiny:<arch>[-h<hidden>][-l<layers>]`` once (seed 0,
+    4 heads, init std 0.02, byte tokenizer); return its dir. Defaults: hidden 64, 4 layers."""
+    import re
+
+    m = re.fullmatch(_TINY_PATTERN, name)
+    if m is None:
+        raise ValueError(f"model_name_or_path={name!r} is not a tiny model name; use tiny:<llama|qwen2|qwen3>"
+                         f"[-h<hidden>][-l<layers>], e.g. tiny:llama-h64-l4")
+    arch, hidden, layers = m.group(1), int(m.group(2) or 64), int(m.group(3) or 4)
+    if hidden % 4 or hidden < 8 or not 1 <= layers <= 64:
+        raise ValueError(f"{name!r}: hidden must be a multiple of 4 (>= 8) and layers in [1, 64]")
+    target = (cache or cache_dir()) / f"tiny-{arch}-h{hidden}-l{layers}-s0"
+    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    from rlattn.testing import tiny_model
+
+    model, tok = tiny_model(arch, num_layers=layers, hidden_size=hidden, num_heads=4, num_kv_heads=4,
+                            intermediate_size=4 * hidden, init_std=0.02, seed=0, attn_implementation="sdpa")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def resolve_model(name_or_path: str, cache: Path | None = None) -> str:
-    """Map ``embedded:<name>`` to its converted local dir; pass local paths and hub ids through."""
+    """Map ``embedded:<name>`` / ``tiny:<arch>`` to a local dir; pass local paths and hub ids through."""
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"model_name_or_path must be a non-empty string, got {name_or_path!r}")
     if is_embedded(name_or_path):
         return str(ensure_embedded(name_or_path, cache=cache))
+    if name_or_path.startswith(TINY_PREFIX):
+        return str(ensure_tiny(name_or_path, cache=cache))
     return name_or_path

@@ -115,3 +115,27 @@ def test_converted_model_reloads_with_gguf_logits():
     before = (path / "model.safetensors").stat().st_mtime_ns
     assert resolve_model(DEFAULT_MODEL) == str(path)
     assert (path / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_tiny_models_are_built_once_and_deterministic(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlattn.models import resolve_model
+
+    path = resolve_model("tiny:qwen2-h32-l2", cache=tmp_path)
+    assert path == resolve_model("tiny:qwen2-h32-l2", cache=tmp_path)  # cached
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.model_type == "qwen2" and model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
+    assert AutoTokenizer.from_pretrained(path).eos_token == "<|im_end|>"
+    other = AutoModelForCausalLM.from_pretrained(resolve_model("tiny:qwen2-h32-l2", cache=tmp_path / "again"))
+    for (n, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), n  # seed 0: the same weights in every cache
+
+
+def test_bad_tiny_names_say_what_is_allowed(tmp_path):
+    from rlattn.models import resolve_model
+
+    with pytest.raises(ValueError, match=r"tiny:<llama\|qwen2\|qwen3>"):
+        resolve_model("tiny:gpt2", cache=tmp_path)
+    with pytest.raises(ValueError, match="hidden must be a multiple of 4"):
+        resolve_model("tiny:llama-h30", cache=tmp_path)
