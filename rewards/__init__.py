@@ -15,6 +15,7 @@ Built-in rewards (YAML name -> factory):
 | ``soft_overlong`` | ``get_soft_overlong_reward(max_completion_len, soft_punish_cache)`` | DAPO length penalty in [-1, 0] from ``completion_ids`` |
 | ``countdown`` | ``get_countdown_reward(format_score=0.0)`` | 1 when the equation uses ``nums`` once each and equals ``target`` |
 | ``exact`` | ``get_exact_reward(case_sensitive=False)`` | 1 when the last non-empty ``\\boxed{}`` (else the first word, punctuation stripped) equals ``solution``, else 0; None without a solution |
+| ``choice`` | ``get_choice_reward(case_sensitive=False)`` | 1 when the short answer (as for ``exact``) is one of the row's ``choices``, else 0: a format reward for multiple-choice toy tasks |
 
 Contract (TRL's): ``fn(completions, **dataset_columns) -> list[float | None]``; ``None`` means
 "cannot verify" and is left out of TRL's reward sum and logged means. Every reward from
@@ -45,7 +46,7 @@ from .registry import (
 from . import accuracy, countdown, exact, format, soft_overlong  # noqa: E402,F401  isort: skip
 from .accuracy import get_accuracy_reward  # noqa: E402
 from .countdown import get_countdown_reward  # noqa: E402
-from .exact import get_exact_reward  # noqa: E402
+from .exact import get_choice_reward, get_exact_reward  # noqa: E402
 from .format import get_format_reward  # noqa: E402
 from .soft_overlong import get_soft_overlong_reward  # noqa: E402
 
@@ -61,6 +62,7 @@ __all__ = [
     "get_accuracy_reward",
     "get_countdown_reward",
     "get_default_grader",
+    "get_choice_reward",
     "get_exact_reward",
     "get_format_reward",
     "get_reward_fn",

@@ -14,6 +14,13 @@ stripped, so ``"tr."``, ``"**tr**"`` and ``"(tr)"`` all read as ``tr``. The comp
 case-insensitive (``str.casefold``) unless ``case_sensitive=True``; ``solution`` is compared
 as ``str(solution).strip()``.
 
+A second reward of the family, ``choice``, scores the *format* of such answers: 1.0 when the
+short answer is one of the row's ``choices`` (dataset column), else 0.0. Used with a small weight
+(``reward_funcs: [exact, choice]``, ``reward_weights: [1.0, 0.1]``) it keeps a policy answering in
+the task's format while it learns which answer: with all-zero rewards for wrong answers, GRPO's
+negative advantages push probability onto malformed replies. ``rewards/exact/mean`` stays the
+plain accuracy.
+
 Dataset column: ``solution``. Scores: 1.0 match; 0.0 otherwise (also for an empty
 completion); ``None`` for a row whose ``solution`` is None or empty. A dataset without a
 ``solution`` column raises (the :func:`~rlattn.rewards.safe_reward` wrapper turns that into
@@ -27,7 +34,7 @@ from typing import Any, Sequence
 from .extract import completion_text, last_boxed
 from .registry import register_reward
 
-__all__ = ["ExactReward", "extract_short_answer", "get_exact_reward"]
+__all__ = ["ChoiceReward", "ExactReward", "extract_short_answer", "get_choice_reward", "get_exact_reward"]
 
 _PUNCTUATION = ".,:;!?\"'`*()[]"
 
@@ -81,3 +88,40 @@ def get_exact_reward(case_sensitive: bool = False) -> ExactReward:
     if not isinstance(case_sensitive, bool):
         raise ValueError(f"exact: case_sensitive must be true or false, got {case_sensitive!r}")
     return ExactReward(case_sensitive=case_sensitive)
+
+
+class ChoiceReward:
+    """Callable reward (picklable); built by :func:`get_choice_reward`."""
+
+    __name__ = "choice"
+
+    def __init__(self, case_sensitive: bool = False):
+        self.case_sensitive = case_sensitive
+
+    def __repr__(self) -> str:
+        return f"ChoiceReward(case_sensitive={self.case_sensitive})"
+
+    def _norm(self, text: str) -> str:
+        return text if self.case_sensitive else text.casefold()
+
+    def __call__(self, completions: Sequence[Any], choices: Sequence[Any] | None = None, **kwargs) -> list[float | None]:
+        if choices is None:
+            raise ValueError("the choice reward needs the valid answers: a dataset column named 'choices'")
+        if len(choices) != len(completions):
+            raise ValueError(f"{len(completions)} completions but {len(choices)} rows of choices")
+        scores: list[float | None] = []
+        for completion, allowed in zip(completions, choices):
+            if not allowed:
+                scores.append(None)
+                continue
+            answer = extract_short_answer(completion_text(completion))
+            scores.append(1.0 if answer and self._norm(answer) in {self._norm(str(c).strip()) for c in allowed} else 0.0)
+        return scores
+
+
+@register_reward("choice")
+def get_choice_reward(case_sensitive: bool = False) -> ChoiceReward:
+    """The ``choice`` (format) reward: 1.0 when the short answer is one of the row's ``choices``."""
+    if not isinstance(case_sensitive, bool):
+        raise ValueError(f"choice: case_sensitive must be true or false, got {case_sensitive!r}")
+    return ChoiceReward(case_sensitive=case_sensitive)

@@ -78,10 +78,53 @@ def load_policy(model_args, training_args=None):
     return model, tokenizer
 
 
+def build_policy(model_args, training_args):
+    """``(model, processing_class, peft_config)`` for the trainer.
+
+    ``backbone: none``: the causal LM and its tokenizer; LoRA (when ``use_peft``) is left to TRL
+    through ``peft_config``. ``backbone: cocova_lite``: a :class:`~rlattn.backbones.LatentPolicy`
+    around the LM and a :class:`~rlattn.backbones.LatentProcessor`; LoRA is applied here to the
+    wrapped LM only (the LQ-Former, encoder and projector stay trainable), so ``peft_config`` is None.
+    """
+    from trl import get_peft_config
+
+    model, tokenizer = load_policy(model_args, training_args)
+    peft_config = get_peft_config(model_args)
+    if getattr(training_args, "backbone", "none") == "none":
+        return model, tokenizer, peft_config
+    from rlattn.backbones import LatentPolicy, LatentProcessor, apply_lora
+
+    latent = training_args.latent_config()
+    policy = LatentPolicy.from_lm(model, tokenizer, latent)
+    processor = LatentProcessor(tokenizer, num_latents=latent.num_latents, num_image_tokens=latent.num_patches,
+                                image_size=latent.image_size)
+    if peft_config is not None:
+        apply_lora(policy, peft_config)
+    if getattr(training_args, "rollout_backend", "transformers") != "transformers":
+        raise ValueError(f"backbone={training_args.backbone!r} generates with its own generate(); "
+                         f"rollout_backend={training_args.rollout_backend!r} is not supported with it (use transformers)")
+    return policy, processor, None
+
+
+def maybe_format_warmup(model, processing_class, train_dataset, training_args) -> list[float]:
+    """The backbone's opt-in format warm-up (shuffled answers; see rlattn.backbones.warmup)."""
+    steps = int(getattr(training_args, "latent_format_warmup_steps", 0) or 0)
+    if getattr(training_args, "backbone", "none") == "none" or steps <= 0:
+        return []
+    from rlattn.backbones.warmup import format_warmup
+
+    return format_warmup(model, processing_class, train_dataset, steps=steps, lr=training_args.latent_format_warmup_lr,
+                         batch_size=training_args.per_device_train_batch_size, seed=training_args.seed)
+
+
 def load_train_dataset(script_args, seed: int = 0):
     """The training set with a conversational ``prompt`` and a ``solution`` column."""
+    from rlattn.backbones.data import SYNTHETIC_DATASETS, load_synthetic
     from rlattn.data import load_dataset
 
+    if script_args.dataset_name in SYNTHETIC_DATASETS:  # generated, deterministic in the seed
+        n = script_args.dataset_limit or 512
+        return load_synthetic(script_args.dataset_name, n=n, seed=script_args.dataset_shuffle_seed or 0)
     ds = load_dataset(script_args.dataset_name, split=script_args.dataset_split, template=script_args.prompt_template)
     if script_args.dataset_max_problem_chars is not None and "problem" in ds.column_names:
         limit = script_args.dataset_max_problem_chars

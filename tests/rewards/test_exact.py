@@ -85,3 +85,17 @@ def test_name_registry_and_options():
         get_reward_fn("exact", case=True)
     with pytest.raises(ValueError, match="case_sensitive must be true or false"):
         get_reward_fn("exact", case_sensitive="yes")
+
+
+def test_choice_reward_scores_the_format():
+    from rlattn.rewards.exact import get_choice_reward
+
+    fn = get_reward_fn("choice")
+    choices = [["tl", "tr", "bl", "br"]] * 4
+    assert fn(["tr", "bl.", "l", "TL"], choices=choices) == [1.0, 1.0, 0.0, 1.0]
+    assert get_choice_reward(case_sensitive=True)(["TL"], choices=choices[:1]) == [0.0]
+    assert fn.__name__ == "choice" and "choice" in REWARD_REGISTRY
+    raw = get_choice_reward()
+    with pytest.raises(ValueError, match="'choices'"):
+        raw(["tl"])
+    assert raw(["tl"], choices=[[]]) == [None]  # no valid answers listed: cannot verify

@@ -57,3 +57,17 @@ def test_positional_and_flag_forms():
     assert normalise_argv([str(ROOT / "recipes/anchor_credit.yaml"), "--seed", "1"])[:2] == ["--config", str(ROOT / "recipes/anchor_credit.yaml")]
     with pytest.raises(FileNotFoundError, match="recipe not found"):
         normalise_argv(["nope.yaml"])
+
+
+@pytest.mark.parametrize("key,value", [("rollout_backend", "sglang"), ("rollout_vllm_lora_handover", "merge")])
+def test_bad_rollout_option_names_the_key(key, value):
+    with pytest.raises(ValueError, match=f"{key}='{value}'"):
+        parse_grpo_args([str(ROOT / "recipes/anchor_credit.yaml"), f"--{key}", value])
+
+
+@pytest.mark.parametrize("key,value,match", [("backbone", "coconut", "backbone='coconut'"),
+                                             ("latent_mode", "slow", "latent_mode='slow'"),
+                                             ("latent_image_size", "30", "latent_image_size=30")])
+def test_bad_backbone_option_names_the_key(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        parse_grpo_args([str(ROOT / "recipes/cocova_lite_quadrant.yaml"), f"--{key}", value])
