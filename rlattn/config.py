@@ -78,6 +78,7 @@ class AttnCreditConfig(GRPOConfig):
     latent_lqformer_blocks: int = field(default=1, metadata=_h("cocova_lite: gated cross-attention blocks in the LQ-Former."))
     latent_lqformer_heads: int = field(default=4, metadata=_h("cocova_lite: heads of the LQ-Former's cross-attention (must divide the LM hidden size)."))
     latent_freeze_gates: bool = field(default=False, metadata=_h("cocova_lite: keep the gates at 0 (placeholder-only / pause-token ablation)."))
+    latent_gate_scale: float = field(default=1.0, metadata=_h("cocova_lite: gates are tanh(scale·α), still 0 at init; a larger scale lets the latent path open within a few steps."))
     latent_image_size: int = field(default=0, metadata=_h("cocova_lite: side of square input images (0: text only)."))
     latent_patch_size: int = field(default=8, metadata=_h("cocova_lite: patch side of the TinyPatchEncoder."))
     latent_vision_dim: int = field(default=64, metadata=_h("cocova_lite: width of the patch encoder."))
@@ -125,7 +126,7 @@ class AttnCreditConfig(GRPOConfig):
             num_latents=self.latent_num_latents, mode=self.latent_mode, select_k=self.latent_select_k,
             select_layers=self.latent_select_layers, num_sinks=self.latent_num_sinks,
             lqformer_blocks=self.latent_lqformer_blocks, lqformer_heads=self.latent_lqformer_heads,
-            freeze_gates=self.latent_freeze_gates, image_size=self.latent_image_size, patch_size=self.latent_patch_size,
+            freeze_gates=self.latent_freeze_gates, gate_scale=self.latent_gate_scale, image_size=self.latent_image_size, patch_size=self.latent_patch_size,
             vision_dim=self.latent_vision_dim, projector_hidden=self.latent_projector_hidden,
         )
 

@@ -17,7 +17,8 @@ Each ``z_k`` is refined from ``z_{k-1}`` (``z_0`` = the ``<lat>`` embedding) by
   there is no image); the LQ-Former fuses their hidden states and the position's own state into
   ``z_k``. Then one final pass over the whole sequence gives the logits.
 - ``mode="fast"`` (one LM pass): the LQ-Former iterates K times over the input embeddings of the
-  prompt (and image), then the single LM pass gives the logits.
+  candidate columns (the image patches, else the prompt text), then the single LM pass gives the
+  logits.
 
 Why GRPO stays exact: ``z = f_θ(prompt)`` is deterministic (no dropout in the latent path), so
 ``log π(y|x) = Σ_t log p(y_t | x, z(x), y_<t)``; ``generate`` and ``forward`` compute the same
@@ -78,6 +79,7 @@ class LatentConfig:
     lqformer_blocks: int = 1
     lqformer_heads: int = 4
     freeze_gates: bool = False  # gates fixed at 0: placeholder-only (pause-token) ablation
+    gate_scale: float = 1.0  # gates are tanh(gate_scale·α): multiplies the gates' effective learning rate
     image_size: int = 0  # 0: text only; else square images of this side
     patch_size: int = 8
     vision_dim: int = 64
@@ -97,6 +99,8 @@ class LatentConfig:
             bad("num_sinks", self.num_sinks, "an int >= 0")
         if self.lqformer_blocks < 1 or self.lqformer_heads < 1:
             bad("lqformer_blocks/heads", (self.lqformer_blocks, self.lqformer_heads), "ints >= 1")
+        if not self.gate_scale > 0:
+            bad("gate_scale", self.gate_scale, "a number > 0")
         if self.image_size < 0 or (self.image_size and self.image_size % self.patch_size):
             bad("image_size", self.image_size, f"0 (text only) or a multiple of latent_patch_size={self.patch_size}")
 
@@ -157,8 +161,9 @@ class TokenSelector:
 
 
 class _GatedBlock(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, gate_scale: float = 1.0):
         super().__init__()
+        self.gate_scale = float(gate_scale)
         self.ln_q, self.ln_kv, self.ln_f = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.xattn = nn.MultiheadAttention(dim, heads, batch_first=True, dropout=0.0)
         self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
@@ -168,19 +173,20 @@ class _GatedBlock(nn.Module):
     def forward(self, z, mem, mem_mask, step_emb):
         kv = self.ln_kv(mem)  # [B, M, D]
         a, w = self.xattn(self.ln_q(z) + step_emb, kv, kv, key_padding_mask=~mem_mask, need_weights=True)  # [B, 1, D]
-        z = z + torch.tanh(self.alpha) * a
-        z = z + torch.tanh(self.beta) * self.ffn(self.ln_f(z))
+        z = z + torch.tanh(self.gate_scale * self.alpha) * a
+        z = z + torch.tanh(self.gate_scale * self.beta) * self.ffn(self.ln_f(z))
         return z, w  # w: [B, 1, M] cross-attention weights (heads averaged)
 
 
 class LQFormerLite(nn.Module):
     """``z ← z + tanh(α)·XAttn(z + e_step, mem)``, ``z ← z + tanh(β)·FFN(z)``, per block; α = β = 0 at init."""
 
-    def __init__(self, dim: int, heads: int = 4, blocks: int = 1, max_steps: int = 64, freeze_gates: bool = False):
+    def __init__(self, dim: int, heads: int = 4, blocks: int = 1, max_steps: int = 64, freeze_gates: bool = False,
+                 gate_scale: float = 1.0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"latent_lqformer_heads={heads} must divide the LM hidden size {dim}")
-        self.blocks = nn.ModuleList(_GatedBlock(dim, heads) for _ in range(blocks))
+        self.blocks = nn.ModuleList(_GatedBlock(dim, heads, gate_scale) for _ in range(blocks))
         self.step_embed = nn.Embedding(max_steps, dim)
         nn.init.normal_(self.step_embed.weight, std=0.02)
         if freeze_gates:
@@ -198,7 +204,8 @@ class LQFormerLite(nn.Module):
         return z
 
     def gates(self) -> dict[str, float]:
-        return {f"block{i}/{g}": float(torch.tanh(getattr(b, g)).item()) for i, b in enumerate(self.blocks) for g in ("alpha", "beta")}
+        return {f"block{i}/{g}": float(torch.tanh(b.gate_scale * getattr(b, g)).item())
+                for i, b in enumerate(self.blocks) for g in ("alpha", "beta")}
 
 
 def _default_select_layers(total: int) -> list[int]:
@@ -234,7 +241,8 @@ class LatentPolicy(PreTrainedModel):
         self.latent_config = LatentConfig(**config.latent)
         lc = self.latent_config
         dim = config.text_config.hidden_size
-        self.lqformer = LQFormerLite(dim, lc.lqformer_heads, lc.lqformer_blocks, freeze_gates=lc.freeze_gates)
+        self.lqformer = LQFormerLite(dim, lc.lqformer_heads, lc.lqformer_blocks, freeze_gates=lc.freeze_gates,
+                                     gate_scale=lc.gate_scale)
         if lc.image_size:
             from .vision import Projector, TinyPatchEncoder
 
@@ -390,8 +398,9 @@ class LatentPolicy(PreTrainedModel):
         z = emb[:, c0:c0 + 1].float()  # [B, 1, D]  z_0 = embed(<lat>)
         zs, selected, xattn = [], [], []
         if lc.mode == "fast":
+            # the same candidates the selector would choose from: image patches, else prompt text
             mem = emb[:, :c0].float()  # [B, c0, D]
-            mem_mask = am[:, :c0].bool() & ~sinks
+            mem_mask = am[:, :c0].bool() & ~sinks & candidates
             mem_mask[:, -1] = True  # <bot> is always there: no empty row
             for k in range(len(cols)):
                 z = self.lqformer(z, mem, mem_mask, step=k)

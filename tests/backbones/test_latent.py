@@ -287,3 +287,29 @@ def test_placeholders_sampled_in_a_completion_are_ordinary_tokens():
     out = policy(seq, full, pixel_values=pv).logits  # no layout error
     prefix = policy(x, am, pixel_values=pv).logits
     assert torch.allclose(_real(out[:, :x.shape[1]], am), _real(prefix, am), atol=1e-5)  # causal: the tail changes nothing
+
+
+def test_gate_scale_keeps_identity_at_init_and_scales_the_gate():
+    policy, proc, _ = build(mode="fast", gate_scale=30.0)
+    x, am, _ = batch(proc)
+    want = policy.lm(input_ids=x, attention_mask=am, position_ids=_positions(am)).logits
+    assert torch.equal(policy(x, am).logits, want)
+    with torch.no_grad():
+        policy.lqformer.blocks[0].alpha.fill_(0.01)
+    assert abs(policy.lqformer.gates()["block0/alpha"] - float(torch.tanh(torch.tensor(0.3)))) < 1e-6
+    with pytest.raises(ValueError, match="latent_gate_scale=0"):
+        LatentConfig(gate_scale=0)
+
+
+def test_fast_mode_reads_only_the_candidate_columns():
+    """With an image, the fast-mode LQ-Former attends to image patches (+ <bot>) only."""
+    policy, proc, _ = build(mode="fast", image=True, K=1)
+    open_gates(policy)
+    x, am, pv = batch(proc, image=True)
+    policy(x, am, pixel_values=pv)
+    w = policy.last_latent_info["lqformer_attention"][:, 0]  # [B, c0]
+    types = policy.type_ids(x, am)
+    c0 = policy._latent_columns(x)[0]
+    allowed = (types[:, :c0] == TYPE_IMAGE)
+    allowed[:, -1] = True  # <bot>
+    assert float(w[~allowed].abs().max()) == 0.0 and (w[allowed] > 0).any()
