@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from rlattn.credit.aggregation import attention_rows, drop_columns, sink_mask
-from rlattn.credit.capture import run_captured
+from rlattn.credit.capture import run_captured, unwrap_model
 
 from .latent import TYPE_IMAGE, TYPE_LATENT
 
@@ -85,9 +85,7 @@ def grounding_accuracy(patch_mass: torch.Tensor, target_quadrant: torch.Tensor, 
 
 def log_latent_diagnostics(trainer, output: dict, inputs: list[dict], mode: str) -> dict:
     """Compute the typed credit of one generation batch and log ``latent/*`` and ``image/*`` metrics."""
-    policy = trainer.model
-    while hasattr(policy, "module") and isinstance(policy.module, torch.nn.Module):
-        policy = policy.module
+    policy = unwrap_model(trainer.model)  # DDP / accelerate wrappers off; a LatentPolicy has no PEFT wrapper
     prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
     completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
     P = prompt_ids.size(1)

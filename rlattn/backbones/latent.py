@@ -361,9 +361,6 @@ class LatentPolicy(PreTrainedModel):
 
     # ---------------------------------------------------------------- the latent path
 
-    def _lm_forward(self, **kwargs):
-        return self.lm(**kwargs)
-
     def _position_ids(self, am: torch.Tensor) -> torch.Tensor:
         # same convention as generate(): left padding does not shift positions
         return (am.long().cumsum(-1) - 1).clamp(min=0)
@@ -436,7 +433,7 @@ class LatentPolicy(PreTrainedModel):
             acc.append(attention_rows(q, k, scaling, am.bool(), rows)[:, 0])  # [B, n]
 
         with capture_paused(), capture_qk(self.lm, self.select_layers, on_layer, stop_after_last=False):
-            out = self._lm_forward(inputs_embeds=e, attention_mask=am, position_ids=self._position_ids(am),
+            out = self.lm(inputs_embeds=e, attention_mask=am, position_ids=self._position_ids(am),
                                    output_hidden_states=True, logits_to_keep=1, use_cache=False)
         if len(acc) != len(self.select_layers):
             raise RuntimeError(f"captured {len(acc)} of {len(self.select_layers)} selection layers")
@@ -461,7 +458,7 @@ class LatentPolicy(PreTrainedModel):
         emb = self.prepare_inputs_embeds(input_ids, am, pixel_values, patch_embeds)
         if position_ids is None:
             position_ids = self._position_ids(am)
-        return self._lm_forward(inputs_embeds=emb, attention_mask=am, position_ids=position_ids,
+        return self.lm(inputs_embeds=emb, attention_mask=am, position_ids=position_ids,
                                 logits_to_keep=logits_to_keep, use_cache=use_cache, **kwargs)
 
     @torch.no_grad()

@@ -118,12 +118,6 @@ class LatentProcessor(ProcessorMixin):
                 data["pixel_values"] = pv
         return BatchFeature(data, tensor_type=return_tensors if return_tensors else None)
 
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
-
     def save_pretrained(self, save_directory, **kwargs):
         """The tokenizer (with the placeholder tokens) and the layout settings."""
         import json

@@ -21,7 +21,7 @@ from .processor import conversation_with_images
 logger = logging.getLogger("rlattn")
 
 
-def _rows_to_batch(policy, processor, rows, answers):
+def _rows_to_batch(processor, rows, answers):
     tok = processor.tokenizer
     convs = [conversation_with_images(r["prompt"], r["image"]) if r.get("image") is not None else r["prompt"]
              for r in rows]
@@ -59,7 +59,7 @@ def format_warmup(policy, processor, dataset, *, steps: int, lr: float = 1e-3, b
         idx = [rng.randrange(len(dataset)) for _ in range(batch_size)]
         rows = [dataset[i] for i in idx]
         shuffled = [rng.choice(answers) for _ in idx]  # independent of the prompt: format only
-        ids, am, labels, pv = _rows_to_batch(policy, processor, rows, shuffled)
+        ids, am, labels, pv = _rows_to_batch(processor, rows, shuffled)
         T = ids.shape[1] - int((labels != -100).float().argmax(1).min())  # completion columns (+1 for the shift)
         logits = policy(ids, am, pixel_values=pv, logits_to_keep=T + 1).logits[:, :-1]  # [B, T, V]
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, -T:].flatten())

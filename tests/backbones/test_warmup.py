@@ -14,9 +14,9 @@ def test_warmup_lowers_the_loss_and_targets_only_known_answers(monkeypatch):
     seen = []
     real = _rows_to_batch
 
-    def spy(policy_, proc_, rows, answers):
+    def spy(proc_, rows, answers):
         seen.append((rows, answers))
-        return real(policy_, proc_, rows, answers)
+        return real(proc_, rows, answers)
 
     monkeypatch.setattr("rlattn.backbones.warmup._rows_to_batch", spy)
     losses = format_warmup(policy, proc, ds, steps=25, lr=3e-3, batch_size=8, seed=0)
@@ -33,7 +33,7 @@ def test_warmup_lowers_the_loss_and_targets_only_known_answers(monkeypatch):
 def test_rows_to_batch_layout():
     policy, proc, tok = build()
     ds = generate_key_lookup(2, seed=0)
-    ids, am, labels, pv = _rows_to_batch(policy, proc, [ds[0], ds[1]], ["7", "42"])
+    ids, am, labels, pv = _rows_to_batch(proc, [ds[0], ds[1]], ["7", "42"])
     assert pv is None
     # labels: "7"+eos and "42"+eos, right after the prompts' <eot>; padding masked out
     eot = policy.token_ids["eot"]
