@@ -152,10 +152,8 @@ class TokenSelector:
             drop = drop | sinks.bool()
         w = drop_columns(w, drop)[:, 0]  # [B, N]
         k = min(self.k, w.shape[1])
-        # stable tie-break: earlier column first (a tiny decreasing ramp below float resolution of ties)
-        ramp = torch.arange(w.shape[1], device=w.device, dtype=w.dtype) * -1e-9
-        score = torch.where(drop, torch.full_like(w, -1.0), w + ramp)
-        idx = score.topk(k, dim=-1).indices  # [B, k]
+        score = torch.where(drop, torch.full_like(w, -1.0), w)  # dropped columns sort last
+        idx = score.sort(dim=-1, descending=True, stable=True).indices[:, :k]  # [B, k]; ties: earlier column
         valid = ~drop.gather(1, idx)  # [B, k]
         return idx, valid
 

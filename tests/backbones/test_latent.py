@@ -209,6 +209,9 @@ def test_token_selector_hand_made():
     assert idx.tolist() == [[2, 3], [3, 2]] and valid.all()  # row 1: sink 1 dropped, then 3 > 2 (tie with 4 -> earlier)
     idx, valid = TokenSelector(k=2)(w, cand, torch.zeros_like(sinks))
     assert idx.tolist() == [[0, 2], [1, 3]]  # without sink removal the sink wins; the tie 1/3 goes to the earlier
+    flat = torch.full((1, 300), 0.5)  # 300 exact ties (plain topk returns them out of order here)
+    idx, _ = TokenSelector(k=50)(flat, torch.ones(1, 300, dtype=torch.bool), None)
+    assert idx.tolist() == [list(range(50))]  # the earliest columns win
     idx, valid = TokenSelector(k=4)(w, torch.tensor([[False, True, True, False, False]] * 2), None)
     assert valid.tolist() == [[True, True, False, False], [True, True, False, False]]
 
@@ -224,7 +227,7 @@ def test_selection_picks_the_attended_columns():
     c0 = policy._latent_columns(x)[0]
     types = policy.type_ids(x, am)
     assert (types.gather(1, sel) == TYPE_IMAGE).all()
-    # recompute the attention row of <bot> by hand (eager softmax over the captured layers)
+    # the attention row of <bot> again, masked here and ranked with plain topk
     e = policy.prepare_inputs_embeds(x[:, :c0], am[:, :c0], pv, insert_latents=False)
     _, w = policy._context_pass(e, am[:, :c0], c0 - 1)
     w = drop_columns(w[:, None], sink_mask(am[:, :c0].bool(), 1) | (types[:, :c0] != TYPE_IMAGE))[:, 0]
