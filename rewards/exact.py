@@ -50,78 +50,82 @@ def extract_short_answer(text: str) -> str:
     return candidate.strip().strip(_PUNCTUATION).strip()
 
 
-class ExactReward:
-    """Callable reward (picklable); built by :func:`get_exact_reward`."""
+class _ShortAnswerReward:
+    """1.0 when the completion's short answer is one of the row's accepted answers, else 0.0.
 
-    __name__ = "exact"
+    Subclasses name the dataset ``column`` and map its value to the accepted answers (``None``
+    or empty: the row cannot be verified, score ``None``). Picklable, for reward workers.
+    """
+
+    __name__ = "short_answer"
+    column = ""
+    what = ""
 
     def __init__(self, case_sensitive: bool = False):
         self.case_sensitive = case_sensitive
 
     def __repr__(self) -> str:
-        return f"ExactReward(case_sensitive={self.case_sensitive})"
+        return f"{type(self).__name__}(case_sensitive={self.case_sensitive})"
 
     def _norm(self, text: str) -> str:
         return text if self.case_sensitive else text.casefold()
 
-    def __call__(
-        self, completions: Sequence[Any], solution: Sequence[Any] | None = None, **kwargs
-    ) -> list[float | None]:
-        if solution is None:
-            raise ValueError("the exact reward needs the gold answers: a dataset column named 'solution'")
-        if len(solution) != len(completions):
-            raise ValueError(f"{len(completions)} completions but {len(solution)} solutions")
+    def accepted(self, value: Any) -> list[str]:
+        raise NotImplementedError
+
+    def __call__(self, completions: Sequence[Any], **kwargs) -> list[float | None]:
+        values = kwargs.get(self.column)
+        if values is None:
+            raise ValueError(f"the {self.__name__} reward needs {self.what}: a dataset column named '{self.column}'")
+        if len(values) != len(completions):
+            raise ValueError(f"{len(completions)} completions but {len(values)} {self.column}s")
         scores: list[float | None] = []
-        for completion, gold in zip(completions, solution):
-            gold_text = "" if gold is None else str(gold).strip()
-            if not gold_text:
+        for completion, value in zip(completions, values):
+            allowed = {self._norm(a) for a in self.accepted(value) if a}
+            if not allowed:
                 scores.append(None)
                 continue
             answer = extract_short_answer(completion_text(completion))
-            scores.append(1.0 if answer and self._norm(answer) == self._norm(gold_text) else 0.0)
+            scores.append(1.0 if answer and self._norm(answer) in allowed else 0.0)
         return scores
+
+
+class ExactReward(_ShortAnswerReward):
+    """The ``exact`` reward; built by :func:`get_exact_reward`."""
+
+    __name__ = "exact"
+    column = "solution"
+    what = "the gold answers"
+
+    def accepted(self, value: Any) -> list[str]:
+        return [] if value is None else [str(value).strip()]
+
+
+class ChoiceReward(_ShortAnswerReward):
+    """The ``choice`` (format) reward; built by :func:`get_choice_reward`."""
+
+    __name__ = "choice"
+    column = "choices"
+    what = "the valid answers"
+
+    def accepted(self, value: Any) -> list[str]:
+        return [str(c).strip() for c in (value or [])]
+
+
+def _check_case_sensitive(name: str, case_sensitive: Any) -> None:
+    if not isinstance(case_sensitive, bool):
+        raise ValueError(f"{name}: case_sensitive must be true or false, got {case_sensitive!r}")
 
 
 @register_reward("exact")
 def get_exact_reward(case_sensitive: bool = False) -> ExactReward:
     """The ``exact`` reward; ``case_sensitive=True`` makes ``TR`` differ from ``tr``."""
-    if not isinstance(case_sensitive, bool):
-        raise ValueError(f"exact: case_sensitive must be true or false, got {case_sensitive!r}")
+    _check_case_sensitive("exact", case_sensitive)
     return ExactReward(case_sensitive=case_sensitive)
-
-
-class ChoiceReward:
-    """Callable reward (picklable); built by :func:`get_choice_reward`."""
-
-    __name__ = "choice"
-
-    def __init__(self, case_sensitive: bool = False):
-        self.case_sensitive = case_sensitive
-
-    def __repr__(self) -> str:
-        return f"ChoiceReward(case_sensitive={self.case_sensitive})"
-
-    def _norm(self, text: str) -> str:
-        return text if self.case_sensitive else text.casefold()
-
-    def __call__(self, completions: Sequence[Any], choices: Sequence[Any] | None = None, **kwargs) -> list[float | None]:
-        if choices is None:
-            raise ValueError("the choice reward needs the valid answers: a dataset column named 'choices'")
-        if len(choices) != len(completions):
-            raise ValueError(f"{len(completions)} completions but {len(choices)} rows of choices")
-        scores: list[float | None] = []
-        for completion, allowed in zip(completions, choices):
-            if not allowed:
-                scores.append(None)
-                continue
-            answer = extract_short_answer(completion_text(completion))
-            scores.append(1.0 if answer and self._norm(answer) in {self._norm(str(c).strip()) for c in allowed} else 0.0)
-        return scores
 
 
 @register_reward("choice")
 def get_choice_reward(case_sensitive: bool = False) -> ChoiceReward:
     """The ``choice`` (format) reward: 1.0 when the short answer is one of the row's ``choices``."""
-    if not isinstance(case_sensitive, bool):
-        raise ValueError(f"choice: case_sensitive must be true or false, got {case_sensitive!r}")
+    _check_case_sensitive("choice", case_sensitive)
     return ChoiceReward(case_sensitive=case_sensitive)
