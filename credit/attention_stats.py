@@ -263,14 +263,16 @@ def horizon_counts(response_mask: torch.Tensor, h_lo: int, h_hi: int) -> torch.T
 
 @torch.no_grad()
 def compute_attention_stats(model, input_ids, attention_mask, response_mask, config: AttentionStatsConfig | None = None,
-                            **forward_kwargs) -> AttentionStats:
+                            observer=None, **forward_kwargs) -> AttentionStats:
     """WAAD, FAI and head spans of ``model`` on prompt ⊕ response sequences (credit-spec §1-4).
 
     input_ids, attention_mask, response_mask: [B, N] (left-padded prompts and right-padded
     responses are fine; padding never in between). Runs one forward of ``model`` (PEFT and
     accelerate wrappers are fine) that stops after the last selected layer, in eval mode and
     without gradients; the statistics are computed in fp32 whatever the model's dtype.
-    ``forward_kwargs`` go to the model's forward as well (e.g. ``pixel_values``).
+    ``forward_kwargs`` go to the model's forward as well (e.g. ``pixel_values``). ``observer``, a
+    capture callback ``(layer, q, k, scaling)``, sees every selected layer's q/k too, so other
+    attention readouts can share this pass.
     """
     cfg = config or AttentionStatsConfig()
     am, rm = _check_inputs(input_ids, attention_mask, response_mask)
@@ -280,7 +282,12 @@ def compute_attention_stats(model, input_ids, attention_mask, response_mask, con
     was_training = model.training
     model.eval()
     try:
-        run_captured(model, layers, reducer, input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False,
+        callback = reducer
+        if observer is not None:
+            def callback(layer, q, k, scaling):
+                reducer(layer, q, k, scaling)
+                observer(layer, q, k, scaling)
+        run_captured(model, layers, callback, input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False,
                      **forward_kwargs)
     finally:
         model.train(was_training)

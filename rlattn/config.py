@@ -85,7 +85,7 @@ class AttnCreditConfig(GRPOConfig):
     latent_projector_hidden: int | None = field(default=None, metadata=_h("cocova_lite: hidden width of the MLP projector (None: linear)."))
     latent_format_warmup_steps: int = field(default=0, metadata=_h("cocova_lite: SFT steps on prompts paired with shuffled answers before GRPO (teaches the answer format, not the task; 0: off)."))
     latent_format_warmup_lr: float = field(default=1.0e-3, metadata=_h("cocova_lite: learning rate of the format warm-up."))
-    latent_diagnostics: bool = field(default=True, metadata=_h("cocova_lite: log completion->latent/image attention, latent credit, patch grounding each generation batch (one extra forward)."))
+    latent_diagnostics: bool = field(default=True, metadata=_h("cocova_lite: log completion->latent/image attention, latent credit, patch grounding each generation batch (shares the statistics pass when one runs, else one extra forward)."))
 
     def __post_init__(self):
         super().__post_init__()

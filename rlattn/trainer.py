@@ -172,6 +172,13 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             mask = mask & output["tool_mask"].bool()
         entropies = None
         piggybacked = False
+        latent_diag = getattr(self.args, "backbone", "none") != "none" and getattr(self.args, "latent_diagnostics", False)
+        collector = None
+        if latent_diag and needs_stats:  # ride along on the statistics pass below, if it runs
+            from rlattn.backbones.diagnostics import CompletionAttention
+
+            collector = CompletionAttention(torch.cat([prompt_mask, completion_mask], 1), P,
+                                            self.accelerator.unwrap_model(self.model).latent_config.num_sinks)
         if needs_stats:
             if pig is not None and pig.parts:
                 stats = pig.result()
@@ -179,7 +186,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 piggybacked = True
             else:
                 waad, fai = self._early_exit_stats(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                                   output.get("pixel_values"))  # [B, P+T]
+                                                   output.get("pixel_values"), collector)  # [B, P+T]
             waad, fai = waad[:, P:], fai[:, P:]  # [B, T]
         else:
             waad = torch.zeros(mask.shape, device=mask.device)
@@ -203,15 +210,16 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         self.last_credit = {"gamma": gamma, "waad": waad, "fai": fai, "mask": mask, "piggybacked": piggybacked, **sel}
         self._log_credit(mode, gamma, mask, sel, stats_time, cycle_start, piggybacked)
         self._maybe_write_samples(output, gamma, waad, fai, mask, sel, cfg, len(inputs))
-        if getattr(self.args, "backbone", "none") != "none" and getattr(self.args, "latent_diagnostics", False):
+        if latent_diag:
             from rlattn.backbones.diagnostics import log_latent_diagnostics
 
-            log_latent_diagnostics(self, output, inputs, mode)
+            log_latent_diagnostics(self, output, inputs, mode, attention=collector.result() if collector else None)
         return output
 
     # ---------------------------------------------------------------- helpers
 
-    def _early_exit_stats(self, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values=None):
+    def _early_exit_stats(self, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values=None,
+                          collector=None):
         ids = torch.cat([prompt_ids, completion_ids], 1)  # [B, P+T]
         am = torch.cat([prompt_mask, completion_mask], 1)  # [B, P+T]
         resp = torch.cat([torch.zeros_like(prompt_mask), completion_mask], 1).bool()  # [B, P+T]
@@ -226,7 +234,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 for start in range(0, len(rows), max(1, bs)):
                     r = rows[start : start + bs]
                     fk = {} if pixel_values is None else {"pixel_values": pixel_values[r]}  # one image per row
-                    s = compute_attention_stats(self.model, ids[r], am[r], resp[r], self.stats_config, **fk)
+                    observer = None if collector is None else collector.for_rows(r)
+                    s = compute_attention_stats(self.model, ids[r], am[r], resp[r], self.stats_config, observer=observer, **fk)
                     waad[r], fai[r] = s.waad, s.fai
         return waad, fai
 

@@ -23,27 +23,51 @@ from rlattn.credit.capture import run_captured, unwrap_model
 from .latent import TYPE_IMAGE, TYPE_LATENT
 
 
+class CompletionAttention:
+    """Collects each completion row's attention [B, T, N] from captured q/k (layers averaged).
+
+    ``for_rows(r)`` is a capture callback for the sub-batch ``r`` of the rows, so the collector
+    can ride along on another pass over the same sequences (the trainer's statistics pass) instead
+    of running its own forward. :meth:`result` drops the first ``num_sinks`` real columns and
+    renormalises; ``None`` if nothing was captured.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor, prompt_length: int, num_sinks: int = 1):
+        self.am = attention_mask.bool()  # [B, N]
+        B, N = self.am.shape
+        self.rows = torch.arange(prompt_length, N, device=self.am.device)  # [T]
+        self.num_sinks = num_sinks
+        self.sum = torch.zeros(B, N - prompt_length, N, device=self.am.device)  # [B, T, N]
+        self.layers = torch.zeros(B, device=self.am.device)  # [B] layers captured per row
+
+    def for_rows(self, r: torch.Tensor | slice = slice(None)):
+        def on_layer(layer, q, k, scaling):
+            self.sum[r] += attention_rows(q, k, scaling, self.am[r], self.rows)  # [b, T, N]
+            self.layers[r] += 1
+
+        return on_layer
+
+    def result(self) -> torch.Tensor | None:
+        if not bool((self.layers > 0).any()):
+            return None
+        A = self.sum / self.layers.clamp_min(1)[:, None, None]  # [B, T, N]
+        return drop_columns(A, sink_mask(self.am, self.num_sinks))
+
+
 @torch.no_grad()
 def completion_attention(policy, input_ids, attention_mask, prompt_length: int, layers: list[int],
                          num_sinks: int = 1, **forward_kwargs) -> torch.Tensor:
     """[B, T, N]: each completion row's attention over all columns, layers and heads averaged,
-    the first ``num_sinks`` real columns dropped and the rest renormalised."""
-    am = attention_mask.bool()
-    rows = torch.arange(prompt_length, input_ids.shape[1], device=input_ids.device)
-    acc = []
-
-    def on_layer(layer, q, k, scaling):
-        acc.append(attention_rows(q, k, scaling, am, rows))  # [B, T, N]
-
+    the first ``num_sinks`` real columns dropped and the rest renormalised (one forward pass)."""
+    collector = CompletionAttention(attention_mask, prompt_length, num_sinks)
     was_training = policy.training
     policy.eval()
     try:
-        run_captured(policy, layers, on_layer, input_ids=input_ids, attention_mask=attention_mask.long(),
+        run_captured(policy, layers, collector.for_rows(), input_ids=input_ids, attention_mask=attention_mask.long(),
                      use_cache=False, **forward_kwargs)
     finally:
         policy.train(was_training)
-    A = torch.stack(acc).mean(0)  # [B, T, N]
-    return drop_columns(A, sink_mask(am, num_sinks))
+    return collector.result()
 
 
 def typed_credit(A: torch.Tensor, types: torch.Tensor, completion_mask: torch.Tensor,
@@ -83,8 +107,13 @@ def grounding_accuracy(patch_mass: torch.Tensor, target_quadrant: torch.Tensor, 
     return float((quad_of_patch[top] == target_quadrant.to(patch_mass.device)).float().mean())
 
 
-def log_latent_diagnostics(trainer, output: dict, inputs: list[dict], mode: str) -> dict:
-    """Compute the typed credit of one generation batch and log ``latent/*`` and ``image/*`` metrics."""
+def log_latent_diagnostics(trainer, output: dict, inputs: list[dict], mode: str,
+                           attention: torch.Tensor | None = None) -> dict:
+    """Compute the typed credit of one generation batch and log ``latent/*`` and ``image/*`` metrics.
+
+    ``attention``: the completion attention [B, T, N] if it was collected during the trainer's
+    statistics pass (:class:`CompletionAttention`); otherwise one forward pass computes it here.
+    """
     policy = unwrap_model(trainer.model)  # DDP / accelerate wrappers off; a LatentPolicy has no PEFT wrapper
     prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
     completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
@@ -93,8 +122,10 @@ def log_latent_diagnostics(trainer, output: dict, inputs: list[dict], mode: str)
     am = torch.cat([prompt_mask, completion_mask], 1)  # [B, P+T]
     fk = {"pixel_values": output["pixel_values"]} if output.get("pixel_values") is not None else {}
     layers = trainer._credit_layers or policy.select_layers
-    with trainer.accelerator.autocast():
-        A = completion_attention(policy, ids, am, P, layers, policy.latent_config.num_sinks, **fk)
+    A = attention
+    if A is None:
+        with trainer.accelerator.autocast():
+            A = completion_attention(policy, ids, am, P, layers, policy.latent_config.num_sinks, **fk)
     types = policy.type_ids(ids, am, prompt_length=P)
     res = typed_credit(A.float(), types, completion_mask.bool(), output["advantages"].float())
     metrics = trainer._metrics[mode]

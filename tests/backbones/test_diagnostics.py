@@ -35,3 +35,29 @@ def test_grounding_accuracy_by_hand():
     mass[2, 12] = 1.0  # bl, target bl -> hit
     mass[3, 10] = 1.0  # patch row 2, col 2 -> br, target br -> hit
     assert grounding_accuracy(mass, torch.tensor([0, 0, 2, 3]), 32, 8) == 0.75
+
+
+def test_collecting_during_the_statistics_pass_equals_a_separate_pass():
+    """The trainer gets the completion attention from its statistics pass (in row chunks) instead
+    of an extra forward; both must give the same [B, T, N] (atol 1e-6)."""
+    from rlattn.backbones.diagnostics import CompletionAttention, completion_attention
+    from rlattn.credit.attention_stats import AttentionStatsConfig, compute_attention_stats
+
+    from .conftest import batch, build, open_gates
+
+    policy, proc, tok = build(image=True, K=2)
+    open_gates(policy)
+    x, am, pv = batch(proc, image=True, n=3)
+    seq = policy.generate(x, attention_mask=am, pixel_values=pv, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                          pad_token_id=tok.pad_token_id)
+    P = x.shape[1]
+    full = torch.cat([am, torch.ones(3, seq.shape[1] - P, dtype=am.dtype)], 1)
+    resp = torch.zeros_like(full, dtype=torch.bool)
+    resp[:, P:] = True
+    cfg = AttentionStatsConfig(layers=[1, 2], window=2, fai_horizon=(1, 3))
+    collector = CompletionAttention(full, P, num_sinks=1)
+    for r in (torch.tensor([0, 2]), torch.tensor([1])):  # chunks, like the trainer's batches
+        compute_attention_stats(policy, seq[r], full[r], resp[r], cfg, observer=collector.for_rows(r), pixel_values=pv[r])
+    alone = completion_attention(policy, seq, full, P, layers=[1, 2], num_sinks=1, pixel_values=pv)
+    assert torch.allclose(collector.result(), alone, atol=1e-6)
+    assert CompletionAttention(full, P).result() is None  # nothing captured: the caller runs its own pass
