@@ -133,3 +133,13 @@ def tiny_model(
     model.generation_config.eos_token_id = config.eos_token_id
     model.eval()
     return model, tok
+
+
+def digit_reward(completions, **kwargs):
+    """A reward that varies on a random model from the first step: the share of digit characters
+    plus a little length (so GRPO groups have non-zero advantages in smoke tests)."""
+    out = []
+    for c in completions:
+        text = c[-1]["content"] if isinstance(c, list) else c
+        out.append(sum(ch.isdigit() for ch in text) / max(1, len(text)) + 0.01 * len(text))
+    return out

@@ -9,17 +9,8 @@ import torch
 from datasets import Dataset
 
 from rlattn.config import AttnCreditConfig
-from rlattn.testing import tiny_model
+from rlattn.testing import digit_reward, tiny_model
 from rlattn.trainer import AttnCreditGRPOTrainer
-
-
-def digit_reward(completions, **kwargs):
-    """Varies from the first step on a random model: share of digit characters."""
-    out = []
-    for c in completions:
-        text = c[-1]["content"] if isinstance(c, list) else c
-        out.append(sum(ch.isdigit() for ch in text) / max(1, len(text)) + 0.01 * len(text))
-    return out
 
 
 def toy_dataset(n=8):

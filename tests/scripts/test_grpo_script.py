@@ -15,15 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-REWARD_MODULE = '''
-def digit_reward(completions, **kwargs):
-    """Varies on a random model from step 1: share of digit characters plus a little length."""
-    out = []
-    for c in completions:
-        text = c[-1]["content"] if isinstance(c, list) else c
-        out.append(sum(ch.isdigit() for ch in text) / max(1, len(text)) + 0.01 * len(text))
-    return out
-'''
+# a user's own reward module on PYTHONPATH, reached by a dotted path from the recipe
+REWARD_MODULE = "from rlattn.testing import digit_reward  # noqa: F401\n"
 
 
 @pytest.fixture(scope="module")
