@@ -100,9 +100,6 @@ def build_policy(model_args, training_args):
                                 image_size=latent.image_size)
     if peft_config is not None:
         apply_lora(policy, peft_config)
-    if getattr(training_args, "rollout_backend", "transformers") != "transformers":
-        raise ValueError(f"backbone={training_args.backbone!r} generates with its own generate(); "
-                         f"rollout_backend={training_args.rollout_backend!r} is not supported with it (use transformers)")
     return policy, processor, None
 
 

@@ -93,6 +93,9 @@ class AttnCreditConfig(GRPOConfig):
             raise ValueError(f"backbone={self.backbone!r} is not one of 'none', 'cocova_lite'")
         if self.backbone != "none":
             self.latent_config()
+            if self.rollout_backend != "transformers":
+                raise ValueError(f"backbone={self.backbone!r} generates with its own generate(); "
+                                 f"rollout_backend={self.rollout_backend!r} is not supported with it (use transformers)")
         if self.rollout_backend not in ("transformers", "vllm"):
             raise ValueError(f"rollout_backend={self.rollout_backend!r} is not one of 'transformers', 'vllm'")
         if self.rollout_vllm_lora_handover not in ("merged", "adapter"):
