@@ -186,28 +186,36 @@ def ensure_embedded(name: str = DEFAULT_MODEL, cache: Path | None = None) -> Pat
 
 
 TINY_PREFIX = "tiny:"
-_TINY_PATTERN = r"tiny:(llama|qwen2|qwen3)(?:-h(\d+))?(?:-l(\d+))?"
+_TINY_PATTERN = r"tiny:(llama|qwen2|qwen3)(?:-h(\d+))?(?:-l(\d+))?(-task)?(?:-i(\d*\.?\d+))?"
 
 
 def ensure_tiny(name: str, cache: Path | None = None) -> Path:
-    """Build and save the random model ``tiny:<arch>[-h<hidden>][-l<layers>]`` once (seed 0,
-    4 heads, init std 0.02, byte tokenizer); return its dir. Defaults: hidden 64, 4 layers."""
+    """Build and save the random model ``tiny:<arch>[-h<hidden>][-l<layers>][-task][-i<std>]`` once
+    (seed 0, 4 heads); return its dir. Defaults: hidden 64, 4 layers, a byte tokenizer, init std
+    0.02 (HF's). ``-task``: :func:`rlattn.testing.task_tokenizer` (the synthetic tasks' words are
+    single tokens). ``-i<std>``: the init std; at 0.02 a random 4-layer LM attends almost uniformly
+    and its output barely depends on its input, at ~0.2 attention is peaked and a toy task is
+    learnable in tens of steps (docs/backbones.md)."""
     import re
 
     m = re.fullmatch(_TINY_PATTERN, name)
     if m is None:
         raise ValueError(f"model_name_or_path={name!r} is not a tiny model name; use tiny:<llama|qwen2|qwen3>"
-                         f"[-h<hidden>][-l<layers>], e.g. tiny:llama-h64-l4")
+                         f"[-h<hidden>][-l<layers>][-task][-i<init std>], e.g. tiny:llama-h64-l4")
     arch, hidden, layers = m.group(1), int(m.group(2) or 64), int(m.group(3) or 4)
-    if hidden % 4 or hidden < 8 or not 1 <= layers <= 64:
-        raise ValueError(f"{name!r}: hidden must be a multiple of 4 (>= 8) and layers in [1, 64]")
-    target = (cache or cache_dir()) / f"tiny-{arch}-h{hidden}-l{layers}-s0"
+    tokenizer = "task" if m.group(4) else "bytes"
+    init_std = float(m.group(5)) if m.group(5) else 0.02
+    if hidden % 4 or hidden < 8 or not 1 <= layers <= 64 or not 0 < init_std <= 1:
+        raise ValueError(f"{name!r}: hidden must be a multiple of 4 (>= 8), layers in [1, 64] and the init std in (0, 1]")
+    suffix = ("-task" if tokenizer == "task" else "") + (f"-i{init_std:g}" if init_std != 0.02 else "")
+    target = (cache or cache_dir()) / f"tiny-{arch}-h{hidden}-l{layers}{suffix}-s0"
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
     from rlattn.testing import tiny_model
 
     model, tok = tiny_model(arch, num_layers=layers, hidden_size=hidden, num_heads=4, num_kv_heads=4,
-                            intermediate_size=4 * hidden, init_std=0.02, seed=0, attn_implementation="sdpa")
+                            intermediate_size=4 * hidden, init_std=init_std, seed=0, attn_implementation="sdpa",
+                            tokenizer=tokenizer)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     model.save_pretrained(str(tmp))

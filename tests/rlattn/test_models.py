@@ -132,6 +132,21 @@ def test_tiny_models_are_built_once_and_deterministic(tmp_path):
         assert torch.equal(a, b), n  # seed 0: the same weights in every cache
 
 
+def test_tiny_task_tokenizer_and_init_std_from_the_name(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from rlattn.models import resolve_model
+
+    path = resolve_model("tiny:llama-h32-l2-task-i0.2", cache=tmp_path)
+    assert path.endswith("tiny-llama-h32-l2-task-i0.2-s0")
+    assert AutoConfig.from_pretrained(path).initializer_range == 0.2
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok("br", add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids("br")]  # one token
+    weights = AutoModelForCausalLM.from_pretrained(path).model.layers[0].self_attn.q_proj.weight
+    assert 0.15 < float(weights.std()) < 0.25  # drawn at std 0.2, not HF's 0.02
+    assert resolve_model("tiny:llama-h32-l2", cache=tmp_path).endswith("tiny-llama-h32-l2-s0")  # defaults: unchanged
+
+
 def test_bad_tiny_names_say_what_is_allowed(tmp_path):
     from rlattn.models import resolve_model
 
@@ -139,3 +154,5 @@ def test_bad_tiny_names_say_what_is_allowed(tmp_path):
         resolve_model("tiny:gpt2", cache=tmp_path)
     with pytest.raises(ValueError, match="hidden must be a multiple of 4"):
         resolve_model("tiny:llama-h30", cache=tmp_path)
+    with pytest.raises(ValueError, match=r"init std in \(0, 1\]"):
+        resolve_model("tiny:llama-h32-i0", cache=tmp_path)
