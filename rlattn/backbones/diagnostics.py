@@ -2,15 +2,24 @@
 
 Why: attention credit picks preplan/anchor tokens among *completion* tokens only, so latent and
 image positions are never called text anchors. What they earn is reported separately here, from
-the completion's attention to them (chosen layers, heads averaged, sinks dropped; the same
-:mod:`rlattn.credit.aggregation` code the TokenSelector uses):
+the attention that *produced* each completion token (chosen layers, heads averaged, sinks
+dropped; the same :mod:`rlattn.credit.aggregation` code the TokenSelector uses):
 
-- ``a[b, t, n]``: attention of completion row t to column n;
+- ``a[b, t, n]``: attention to column n of the row whose logits emit completion token t, i.e.
+  sequence position ``prompt_length + t - 1``. The first answer token is emitted at the last
+  prompt position (``<eot>``): with one-token answers (``tl``) the completion's own rows never
+  decide anything, so reading them would measure the wrong thing;
 - attention mass per type: ``Σ_{n of type} a[b, t, n]`` averaged over completion rows;
 - latent credit ``s_k = Σ_t a[t, k]·Â_t / Σ_t a[t, k]`` (Â: the credit-reweighted advantage) —
   a diagnostic: which latent slots the rewarded tokens read;
 - patch credit map ``[P]``: the same on image columns, and *grounding accuracy*: the fraction of
   samples whose most-attended patch lies in the target region (synthetic quadrant task).
+
+Attention is not attribution: a model can find the red square by attending to the dark patches
+around it, and the row that emits a one-token answer is a prompt row, the same for every
+rollout of a group, so its advantage-weighted map is flat. :func:`occlusion_map` measures what
+the answer *depends on* instead: the drop in the answer's log-prob when one patch is painted
+over with the image's median colour. Its argmax gives an *occlusion grounding accuracy*.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ from .latent import TYPE_IMAGE, TYPE_LATENT
 
 
 class CompletionAttention:
-    """Collects each completion row's attention [B, T, N] from captured q/k (layers averaged).
+    """Collects the attention that emits each completion token, [B, T, N], from captured q/k
+    (layers averaged): row t is sequence position ``prompt_length + t - 1``.
 
     ``for_rows(r)`` is a capture callback for the sub-batch ``r`` of the rows, so the collector
     can ride along on another pass over the same sequences (the trainer's statistics pass) instead
@@ -35,7 +45,9 @@ class CompletionAttention:
     def __init__(self, attention_mask: torch.Tensor, prompt_length: int, num_sinks: int = 1):
         self.am = attention_mask.bool()  # [B, N]
         B, N = self.am.shape
-        self.rows = torch.arange(prompt_length, N, device=self.am.device)  # [T]
+        if not 1 <= prompt_length < N:
+            raise ValueError(f"prompt_length={prompt_length} must be in [1, {N}) (sequence length {N})")
+        self.rows = torch.arange(prompt_length - 1, N - 1, device=self.am.device)  # [T] the emitting positions
         self.num_sinks = num_sinks
         self.sum = torch.zeros(B, N - prompt_length, N, device=self.am.device)  # [B, T, N]
         self.layers = torch.zeros(B, device=self.am.device)  # [B] layers captured per row
@@ -57,8 +69,9 @@ class CompletionAttention:
 @torch.no_grad()
 def completion_attention(policy, input_ids, attention_mask, prompt_length: int, layers: list[int],
                          num_sinks: int = 1, **forward_kwargs) -> torch.Tensor:
-    """[B, T, N]: each completion row's attention over all columns, layers and heads averaged,
-    the first ``num_sinks`` real columns dropped and the rest renormalised (one forward pass)."""
+    """[B, T, N]: the attention that emits each completion token (row t = position
+    ``prompt_length + t - 1``) over all columns, layers and heads averaged, the first
+    ``num_sinks`` real columns dropped and the rest renormalised (one forward pass)."""
     collector = CompletionAttention(attention_mask, prompt_length, num_sinks)
     was_training = policy.training
     policy.eval()
@@ -145,3 +158,101 @@ def log_latent_diagnostics(trainer, output: dict, inputs: list[dict], mode: str,
     res["types"] = types
     trainer.last_latent = res
     return res
+
+
+@torch.no_grad()
+def occlusion_map(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
+                  pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, P]: ``log π(completion | image) - log π(completion | image with patch p occluded)``.
+
+    ``input_ids``/``attention_mask`` [B, N] hold prompt + completion (the completion from column
+    ``prompt_length`` on, its padding masked); ``pixel_values`` [B, C, H, W]. Patch p (row-major,
+    as the encoder cuts them) is painted with the image's per-channel median, which is the
+    background for a small object. One forward per patch plus one; eval mode, no gradients.
+    """
+    B, C, H, W = pixel_values.shape
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"patch_size={patch_size} must divide the image size {H}x{W}")
+    if not 1 <= prompt_length < input_ids.shape[1]:
+        raise ValueError(f"prompt_length={prompt_length} must be in [1, {input_ids.shape[1]}): there is no completion")
+    T = input_ids.shape[1] - prompt_length
+    targets = input_ids[:, prompt_length:]  # [B, T]
+    tmask = attention_mask[:, prompt_length:].float()  # [B, T]
+    fill = pixel_values.flatten(2).median(-1).values[..., None, None]  # [B, C, 1, 1]
+    was_training = policy.training
+    policy.eval()
+
+    def logp(pv):
+        logits = policy(input_ids, attention_mask, pixel_values=pv, logits_to_keep=T + 1).logits[:, :-1]  # [B, T, V]
+        lp = logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]  # [B, T]
+        return (lp * tmask).sum(1)  # [B]
+
+    try:
+        base = logp(pixel_values)
+        gw = W // patch_size
+        drops = []
+        for p in range((H // patch_size) * gw):
+            r, c = divmod(p, gw)
+            pv = pixel_values.clone()
+            pv[:, :, r * patch_size:(r + 1) * patch_size, c * patch_size:(c + 1) * patch_size] = fill
+            drops.append(base - logp(pv))
+    finally:
+        policy.train(was_training)
+    return torch.stack(drops, 1)  # [B, P]
+
+
+@torch.no_grad()
+def quadrant_report(policy, processor, dataset, batch_size: int = 64) -> dict[str, float]:
+    """Greedy accuracy and both grounding accuracies of a policy on quadrant-task rows.
+
+    ``dataset``: rows of :func:`rlattn.backbones.data.generate_quadrant` (held-out seeds for an
+    honest number). The answer is the policy's greedy completion (up to 4 tokens, through the
+    first eos), scored by the ``exact`` reward.
+    Returns ``accuracy``, ``grounding_attention`` (argmax of the attention that emits the answer,
+    as logged during training) and ``grounding_occlusion`` (argmax of :func:`occlusion_map` on
+    the policy's own answer).
+    """
+    from rlattn.rewards.exact import ExactReward
+
+    from .processor import conversation_with_images
+
+    lc = policy.latent_config
+    tok = processor.tokenizer
+    layers = list(range(policy.config.text_config.num_hidden_layers))
+    reward = ExactReward()
+    hits, att, occ, n = 0.0, 0.0, 0.0, 0
+    was_training = policy.training
+    policy.eval()
+    try:
+        for s in range(0, len(dataset), batch_size):
+            rows = [dataset[i] for i in range(s, min(len(dataset), s + batch_size))]
+            convs = [conversation_with_images(r["prompt"], r["image"]) for r in rows]
+            texts = processor.apply_chat_template(convs, add_generation_prompt=True)
+            side, tok.padding_side = tok.padding_side, "left"  # prompts end where generation starts
+            try:
+                enc = processor(text=texts, images=[[r["image"]] for r in rows], padding=True, return_tensors="pt")
+            finally:
+                tok.padding_side = side
+            ids, am, pv = enc["input_ids"], enc["attention_mask"], enc["pixel_values"]
+            P = ids.shape[1]
+            seq = policy.generate(ids, attention_mask=am, pixel_values=pv, max_new_tokens=4, do_sample=False,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            comp = seq[:, P:]
+            cmask = torch.ones_like(comp)
+            ended = (comp == tok.eos_token_id).long().cumsum(1)
+            cmask[(ended - (comp == tok.eos_token_id).long()) > 0] = 0  # keep through the first eos
+            texts = tok.batch_decode(comp * cmask + tok.pad_token_id * (1 - cmask), skip_special_tokens=True)
+            hits += sum(reward([[{"role": "assistant", "content": t}] for t in texts],
+                               solution=[r["solution"] for r in rows]))
+            full = torch.cat([am, cmask], 1)
+            target = torch.tensor([int(r["quadrant_index"]) for r in rows])
+            A = completion_attention(policy, seq, full, P, layers, lc.num_sinks, pixel_values=pv)  # [b, T, N]
+            types = policy.type_ids(seq, full, prompt_length=P)
+            patch_mass = typed_credit(A, types, cmask.bool(), torch.zeros(len(rows)))["patch_mass"]  # [b, P]
+            att += grounding_accuracy(patch_mass, target, lc.image_size, lc.patch_size) * len(rows)
+            drops = occlusion_map(policy, seq, full, P, pv, lc.patch_size)  # [b, P]
+            occ += grounding_accuracy(drops, target, lc.image_size, lc.patch_size) * len(rows)
+            n += len(rows)
+    finally:
+        policy.train(was_training)
+    return {"accuracy": hits / n, "grounding_attention": att / n, "grounding_occlusion": occ / n, "n": n}

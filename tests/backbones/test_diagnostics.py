@@ -61,3 +61,59 @@ def test_collecting_during_the_statistics_pass_equals_a_separate_pass():
     alone = completion_attention(policy, seq, full, P, layers=[1, 2], num_sinks=1, pixel_values=pv)
     assert torch.allclose(collector.result(), alone, atol=1e-6)
     assert CompletionAttention(full, P).result() is None  # nothing captured: the caller runs its own pass
+
+
+def test_row_t_is_the_attention_that_emits_completion_token_t():
+    """Token t's logits come from position P + t - 1, so row 0 is the last prompt position (<eot>):
+    against the model's own eager attention maps (layers 1-2 and heads averaged, the sink column
+    dropped and the rest renormalised; atol 1e-5)."""
+    from rlattn.backbones.diagnostics import completion_attention
+
+    from .conftest import batch, build, open_gates
+
+    policy, proc, tok = build(image=True, K=2)
+    open_gates(policy)
+    x, am, pv = batch(proc, image=True, n=2)
+    seq = policy.generate(x, attention_mask=am, pixel_values=pv, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                          pad_token_id=tok.pad_token_id)
+    P = x.shape[1]
+    full = torch.cat([am, torch.ones(2, seq.shape[1] - P, dtype=am.dtype)], 1)
+    A = completion_attention(policy, seq, full, P, layers=[1, 2], num_sinks=1, pixel_values=pv)  # [2, 3, N]
+    with torch.no_grad():
+        maps = policy(seq, full, pixel_values=pv, output_attentions=True).attentions  # L x [B, H, N, N]
+    ref = torch.stack([maps[1], maps[2]]).mean((0, 2))[:, P - 1:-1]  # [B, T, N]: rows P-1 .. N-2
+    first = full.float().argmax(1)  # the sink: each row's first real column
+    ref[torch.arange(2), :, first] = 0.0
+    ref = ref / ref.sum(-1, keepdim=True)
+    assert A.shape == (2, 3, seq.shape[1])
+    assert torch.allclose(A, ref, atol=1e-5)
+    assert seq[0, P - 1] == proc.tokenizer.convert_tokens_to_ids("<eot>")  # row 0 is <eot>'s attention
+
+
+class _ReadsOnePatch(torch.nn.Module):
+    """A stand-in policy: the completion's logit of token 1 is 5 x the red mean of patch 3 (of a
+    2x2 grid of 2 px patches); everything else is 0. Occluding patch 3 must be the only drop."""
+
+    def forward(self, input_ids, attention_mask, pixel_values=None, logits_to_keep=0):
+        from types import SimpleNamespace
+
+        B, N = input_ids.shape
+        logits = torch.zeros(B, N, 3)
+        logits[:, :, 1] = 5.0 * pixel_values[:, 0, 2:4, 2:4].mean((1, 2))[:, None]
+        return SimpleNamespace(logits=logits[:, -logits_to_keep:])
+
+
+def test_occlusion_map_by_hand():
+    from rlattn.backbones.diagnostics import occlusion_map
+
+    pv = torch.zeros(2, 3, 4, 4)
+    pv[0, 0, 2:4, 2:4] = 1.0  # sample 0: the red square is patch 3 (br); the median colour is 0
+    pv[1, 0, 0:2, 0:2] = 1.0  # sample 1: the square is patch 0, which the model does not read
+    ids = torch.tensor([[0, 0, 1], [0, 0, 1]])  # prompt of 2, completion token 1
+    am = torch.ones_like(ids)
+    m = occlusion_map(_ReadsOnePatch(), ids, am, 2, pv, patch_size=2)  # [2, 4]
+    # sample 0: log softmax([0, 5, 0])[1] - log softmax([0, 0, 0])[1] for patch 3, 0 elsewhere
+    expected = torch.log_softmax(torch.tensor([0.0, 5.0, 0.0]), 0)[1] - torch.log(torch.tensor(1 / 3))
+    assert torch.allclose(m[0], torch.tensor([0.0, 0.0, 0.0, float(expected)]), atol=1e-6)
+    assert torch.allclose(m[1], torch.zeros(4))
+    assert grounding_accuracy(m[:1], torch.tensor([3]), 4, 2) == 1.0
