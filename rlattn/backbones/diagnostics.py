@@ -24,6 +24,8 @@ over with the image's median colour. Its argmax gives an *occlusion grounding ac
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rlattn.credit.aggregation import attention_rows, drop_columns, sink_mask
@@ -208,9 +210,13 @@ def quadrant_report(policy, processor, dataset, batch_size: int = 64) -> dict[st
     ``dataset``: rows of :func:`rlattn.backbones.data.generate_quadrant` (held-out seeds for an
     honest number). The answer is the policy's greedy completion (up to 4 tokens, through the
     first eos), scored by the ``exact`` reward.
-    Returns ``accuracy``, ``grounding_attention`` (argmax of the attention that emits the answer,
-    as logged during training) and ``grounding_occlusion`` (argmax of :func:`occlusion_map` on
-    the policy's own answer).
+    Returns ``accuracy``; ``grounding_attention``: the most-attended patch (attention that emits
+    the answer, all layers, as logged during training) lies in the target quadrant;
+    ``grounding_occlusion``: painting over the target patch costs the policy's own answer at
+    least ln 2 nats (halves its probability) and no other patch costs more, the mean costs
+    ``occlusion_drop_target`` / ``occlusion_drop_other`` (nats). The threshold matters: on this
+    task only the target patch changes when painted in the median colour, so a bare argmax
+    would credit even a policy that ignores the image.
     """
     from rlattn.rewards.exact import ExactReward
 
@@ -220,7 +226,7 @@ def quadrant_report(policy, processor, dataset, batch_size: int = 64) -> dict[st
     tok = processor.tokenizer
     layers = list(range(policy.config.text_config.num_hidden_layers))
     reward = ExactReward()
-    hits, att, occ, n = 0.0, 0.0, 0.0, 0
+    hits, att, occ, drop_on, drop_off, n = 0.0, 0.0, 0.0, 0.0, 0.0, 0
     was_training = policy.training
     policy.eval()
     try:
@@ -251,8 +257,12 @@ def quadrant_report(policy, processor, dataset, batch_size: int = 64) -> dict[st
             patch_mass = typed_credit(A, types, cmask.bool(), torch.zeros(len(rows)))["patch_mass"]  # [b, P]
             att += grounding_accuracy(patch_mass, target, lc.image_size, lc.patch_size) * len(rows)
             drops = occlusion_map(policy, seq, full, P, pv, lc.patch_size)  # [b, P]
-            occ += grounding_accuracy(drops, target, lc.image_size, lc.patch_size) * len(rows)
+            on = drops.gather(1, target[:, None])[:, 0]  # [b] nats lost without the target patch
+            occ += float(((drops.argmax(1) == target) & (on >= math.log(2))).sum())
+            drop_on += float(on.sum())
+            drop_off += float((drops.sum(1) - on).sum()) / max(drops.shape[1] - 1, 1)
             n += len(rows)
     finally:
         policy.train(was_training)
-    return {"accuracy": hits / n, "grounding_attention": att / n, "grounding_occlusion": occ / n, "n": n}
+    return {"accuracy": hits / n, "grounding_attention": att / n, "grounding_occlusion": occ / n,
+            "occlusion_drop_target": drop_on / n, "occlusion_drop_other": drop_off / n, "n": n}

@@ -117,3 +117,20 @@ def test_occlusion_map_by_hand():
     assert torch.allclose(m[0], torch.tensor([0.0, 0.0, 0.0, float(expected)]), atol=1e-6)
     assert torch.allclose(m[1], torch.zeros(4))
     assert grounding_accuracy(m[:1], torch.tensor([3]), 4, 2) == 1.0
+
+
+def test_quadrant_report_gives_no_grounding_to_a_policy_that_ignores_the_image():
+    """With the image head's gain at 0 the patches are zero vectors whatever the pixels: every
+    occlusion costs exactly 0 nats, so occlusion grounding is 0 (a bare argmax would say 1/4)."""
+    from rlattn.backbones.data import generate_quadrant
+    from rlattn.backbones.diagnostics import quadrant_report
+
+    from .conftest import build
+
+    policy, proc, tok = build(image=True, K=2)
+    with torch.no_grad():
+        policy.image_scale.zero_()
+    r = quadrant_report(policy, proc, generate_quadrant(6, seed=3), batch_size=4)
+    assert r["n"] == 6 and 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["grounding_attention"] <= 1.0
+    assert r["grounding_occlusion"] == 0.0
+    assert r["occlusion_drop_target"] == 0.0 and r["occlusion_drop_other"] == 0.0
