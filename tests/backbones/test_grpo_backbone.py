@@ -40,7 +40,7 @@ def test_quadrant_recipe_runs_and_logs_typed_credit(tmp_path):
 
     policy = LatentPolicy.load(out)  # full fine-tuning: the LM is saved in lm/
     proc = LatentProcessor.from_saved(out)
-    assert policy.latent_config.image_size == 32 and proc.num_image_tokens == 16
+    assert policy.latent_config.image_size == 32 and proc.num_image_tokens == 4  # 16 px patches
     records = (out / "rollouts.jsonl").read_text().splitlines()
     assert records and "<PngImageFile>" in json.loads(records[0])["prompt"]
 
@@ -63,25 +63,36 @@ def test_backbone_refuses_the_vllm_rollout_backend():
 
 
 @pytest.mark.slow
-def test_quadrant_recipe_thirty_grpo_steps(tmp_path):
-    """cocova-lite.md §2.6 test 10, the run itself: warm-up + 30 GRPO steps (group 8, K=2) of the
-    quadrant recipe. What it checks: the warm-up taught the answer format and GRPO kept it (the
-    ``choice`` reward), accuracy is a real number in [0, 1] every step, and the typed-credit metrics
-    are there every step.
+def test_quadrant_recipe_thirty_grpo_steps_learn_the_task(tmp_path):
+    """cocova-lite.md §2.6 test 10: the quadrant recipe as shipped, a shuffled-answer format
+    warm-up and then 30 GRPO steps (group 8, K=2, cocova mode), raises reward above chance (0.25),
+    and the trained policy's answer depends on the target quadrant's patch.
 
-    What it does NOT check, because it does not hold yet: that accuracy rises above chance (0.25)
-    and patch attention concentrates on the target quadrant. The measured figures are printed and
-    recorded in docs/backbones.md ("Measured").
+    Measured on the 2-core dev machine (docs/backbones.md): accuracy 0.27 (steps 1-10) -> 0.78
+    (steps 21-30); held-out greedy accuracy 1.0, occlusion grounding 0.75. Seeds 1 and 2 gave
+    0.84 / 1.0 / 1.0 and 0.46 / 0.68 / 0.43, so the thresholds sit below the worst seed, in case
+    another CPU's float round-off changes the sampled trajectory; they are still far above what a
+    policy that ignores the image gets (reward 0.25 ± 0.01 over 2560 samples, occlusion
+    grounding 0). The attention grounding is printed, not asserted: a policy may find the
+    square by attending to the dark patches (0.0 to 0.76 across runs that all learn).
     """
+    from rlattn.backbones import LatentPolicy, LatentProcessor
+    from rlattn.backbones.data import generate_quadrant
+    from rlattn.backbones.diagnostics import quadrant_report
+
     out = tmp_path / "learn"
     logs = _run("cocova_lite_quadrant.yaml", out, "--credit_log_samples", "0", timeout=1800)
     steps = [l for l in logs if "reward" in l]
     assert len(steps) == 30
     mean = lambda key, part: sum(l[key] for l in part) / len(part)  # noqa: E731
     first, last = steps[:10], steps[-10:]
+    report = quadrant_report(LatentPolicy.load(out), LatentProcessor.from_saved(out), generate_quadrant(256, seed=12345))
     print(f"accuracy steps 1-10 {mean('rewards/exact/mean', first):.3f}, 21-30 {mean('rewards/exact/mean', last):.3f}; "
-          f"valid answers {mean('rewards/choice/mean', last):.3f}; grounding accuracy 21-30 "
-          f"{mean('image/grounding_acc', last):.3f}")
-    assert mean("rewards/choice/mean", first) > 0.5 and mean("rewards/choice/mean", last) > 0.5, "format not kept"
-    assert all(0.0 <= l["rewards/exact/mean"] <= 1.0 for l in steps)
+          f"valid answers {mean('rewards/choice/mean', last):.3f}; logged grounding 21-30 "
+          f"{mean('image/grounding_acc', last):.3f}; held-out {report}")
+    assert mean("rewards/choice/mean", last) > 0.8, "format not kept"
+    assert mean("rewards/exact/mean", first) < 0.35, "the warm-up leaked the task: reward must start near chance"
+    assert mean("rewards/exact/mean", last) > 0.4, "GRPO did not raise the reward above chance (0.25)"
+    assert report["accuracy"] > 0.5
+    assert report["grounding_occlusion"] > 0.3, "the answer does not depend on the target patch"
     assert all(0.0 <= l["image/grounding_acc"] <= 1.0 and 0.0 < l["image/attention_mass"] < 1.0 for l in steps)
