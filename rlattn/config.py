@@ -79,6 +79,7 @@ class AttnCreditConfig(GRPOConfig):
     latent_lqformer_heads: int = field(default=4, metadata=_h("cocova_lite: heads of the LQ-Former's cross-attention (must divide the LM hidden size)."))
     latent_freeze_gates: bool = field(default=False, metadata=_h("cocova_lite: keep the gates at 0 (placeholder-only / pause-token ablation)."))
     latent_gate_scale: float = field(default=1.0, metadata=_h("cocova_lite: gates are tanh(scale·α), still 0 at init; a larger scale lets the latent path open within a few steps."))
+    latent_noise: float = field(default=0.0, metadata=_h("cocova_lite: σ of Gaussian noise on the latents of sampled rollouts; the sequence log-prob adds log N(z̃; z, σ²) (0: deterministic latents)."))
     latent_image_size: int = field(default=0, metadata=_h("cocova_lite: side of square input images (0: text only)."))
     latent_patch_size: int = field(default=8, metadata=_h("cocova_lite: patch side of the TinyPatchEncoder."))
     latent_vision_dim: int = field(default=64, metadata=_h("cocova_lite: width of the patch encoder."))
@@ -96,6 +97,9 @@ class AttnCreditConfig(GRPOConfig):
             if self.rollout_backend != "transformers":
                 raise ValueError(f"backbone={self.backbone!r} generates with its own generate(); "
                                  f"rollout_backend={self.rollout_backend!r} is not supported with it (use transformers)")
+            if self.latent_noise > 0 and (self.num_iterations != 1 or self.beta != 0.0):
+                raise ValueError(f"latent_noise={self.latent_noise} needs num_iterations: 1 and beta: 0.0 (got "
+                                 f"{self.num_iterations}, {self.beta}): only the loss pass re-reads the sampled latents")
         if self.rollout_backend not in ("transformers", "vllm"):
             raise ValueError(f"rollout_backend={self.rollout_backend!r} is not one of 'transformers', 'vllm'")
         if self.rollout_vllm_lora_handover not in ("merged", "adapter"):
@@ -129,7 +133,8 @@ class AttnCreditConfig(GRPOConfig):
             num_latents=self.latent_num_latents, mode=self.latent_mode, select_k=self.latent_select_k,
             select_layers=self.latent_select_layers, num_sinks=self.latent_num_sinks,
             lqformer_blocks=self.latent_lqformer_blocks, lqformer_heads=self.latent_lqformer_heads,
-            freeze_gates=self.latent_freeze_gates, gate_scale=self.latent_gate_scale, image_size=self.latent_image_size, patch_size=self.latent_patch_size,
+            freeze_gates=self.latent_freeze_gates, gate_scale=self.latent_gate_scale, noise_std=self.latent_noise,
+            image_size=self.latent_image_size, patch_size=self.latent_patch_size,
             vision_dim=self.latent_vision_dim, projector_hidden=self.latent_projector_hidden,
         )
 

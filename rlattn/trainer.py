@@ -15,6 +15,7 @@ the statistics and reproduces TRL's loss exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -124,6 +125,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 )
         super().__init__(*args, **kwargs)
         self._piggyback: _Piggyback | None = None
+        self._loss_latents: torch.Tensor | None = None
         self.last_credit: dict | None = None
         self._last_cycle_start: float | None = None
         self._credit_layers = None
@@ -140,6 +142,19 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         )
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        zt = self._loss_latents
+        if zt is not None and model is self.model:  # latent noise: the rollouts' z̃ and their log-density
+            policy = self.accelerator.unwrap_model(self.model)
+            rows = input_ids.size(0)
+            if zt.size(0) != rows or (kwargs.get("batch_size") or rows) < rows:
+                raise RuntimeError(f"latent noise: {zt.size(0)} sampled latents for a pass over {rows} rows in chunks of "
+                                   f"{kwargs.get('batch_size')}; the loss pass must see the whole batch at once")
+            with policy.using_sampled_latents(zt):
+                logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+            # log π(y, z̃ | x) = log N(z̃; z_θ(x), σ²) + Σ_t log π(y_t | x, z̃, y_<t): the density rides on token 0
+            logps = torch.cat([logps[:, :1] + policy.last_latent_logp[:, None].to(logps.dtype), logps[:, 1:]], 1)
+            return logps, entropies, aux
         pig = self._piggyback
         if pig is not None and pig.armed and model is self.model and not kwargs.get("compute_entropy", False):
             pig.armed = False  # only TRL's first no-grad call (old log-probs) is the policy's own pass
@@ -150,6 +165,13 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             )
         return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
 
+    def _compute_loss(self, model, inputs):
+        self._loss_latents = inputs.get("sampled_latents")  # [B, K, D] with latent noise, else None
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._loss_latents = None
+
     def _generate_and_score_completions(self, inputs):
         cycle_start = time.perf_counter()
         needs_stats = not self.credit_uniform and self.credit_config.strategy not in ("random", "high_entropy")
@@ -159,6 +181,9 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         finally:
             pig, self._piggyback = self._piggyback, None
         mode = "train" if self.model.training else "eval"
+        sampled = self._sampled_latents_of_last_generation(output)
+        if sampled is not None:
+            output["sampled_latents"] = sampled  # [B, K, D]: shuffled and split with the rest of the batch
         if self.credit_uniform:
             output["advantages"] = output["advantages"][:, None].expand(-1, output["completion_ids"].size(1)).clone()  # [B, T]
             return output
@@ -186,7 +211,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 piggybacked = True
             else:
                 waad, fai = self._early_exit_stats(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                                   output.get("pixel_values"), collector)  # [B, P+T]
+                                                   output.get("pixel_values"), collector,
+                                                   output.get("sampled_latents"))  # [B, P+T]
             waad, fai = waad[:, P:], fai[:, P:]  # [B, T]
         else:
             waad = torch.zeros(mask.shape, device=mask.device)
@@ -218,8 +244,21 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
 
     # ---------------------------------------------------------------- helpers
 
+    def _sampled_latents_of_last_generation(self, output):
+        """The backbone's z̃ [B, K, D] of the batch just generated (latent noise on, training), else None."""
+        policy = self.accelerator.unwrap_model(self.model)
+        if not getattr(getattr(policy, "latent_config", None), "noise_std", 0.0) or not self.model.training:
+            return None
+        if self._trl_runs_old_logp_pass():
+            raise ValueError("latent_noise needs TRL to skip its old-log-prob pass (num_iterations: 1, "
+                             "steps_per_generation dividing gradient_accumulation_steps, no vLLM importance sampling)")
+        zt = policy.last_sampled_latents
+        if zt is None or zt.size(0) != output["completion_ids"].size(0):
+            raise RuntimeError("latent noise is on but the last generate() call sampled no latents for this batch")
+        return zt
+
     def _early_exit_stats(self, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values=None,
-                          collector=None):
+                          collector=None, sampled_latents=None):
         ids = torch.cat([prompt_ids, completion_ids], 1)  # [B, P+T]
         am = torch.cat([prompt_mask, completion_mask], 1)  # [B, P+T]
         resp = torch.cat([torch.zeros_like(prompt_mask), completion_mask], 1).bool()  # [B, P+T]
@@ -235,7 +274,11 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                     r = rows[start : start + bs]
                     fk = {} if pixel_values is None else {"pixel_values": pixel_values[r]}  # one image per row
                     observer = None if collector is None else collector.for_rows(r)
-                    s = compute_attention_stats(self.model, ids[r], am[r], resp[r], self.stats_config, observer=observer, **fk)
+                    zt = None if sampled_latents is None else sampled_latents[r]
+                    policy = self.accelerator.unwrap_model(self.model)
+                    ctx = policy.using_sampled_latents(zt) if zt is not None else contextlib.nullcontext()
+                    with ctx:  # the statistics of the latents the rollout actually read
+                        s = compute_attention_stats(self.model, ids[r], am[r], resp[r], self.stats_config, observer=observer, **fk)
                     waad[r], fai[r] = s.waad, s.fai
         return waad, fai
 

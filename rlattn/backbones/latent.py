@@ -22,7 +22,10 @@ Each ``z_k`` is refined from ``z_{k-1}`` (``z_0`` = the ``<lat>`` embedding) by
 
 Why GRPO stays exact: ``z = f_θ(prompt)`` is deterministic (no dropout in the latent path), so
 ``log π(y|x) = Σ_t log p(y_t | x, z(x), y_<t)``; ``generate`` and ``forward`` compute the same
-latents, and TRL's old/ref log-prob passes just call ``forward``. Gates start at 0
+latents, and TRL's old/ref log-prob passes just call ``forward``. Opt-in ``noise_std`` = σ > 0
+makes the latents part of the action: rollouts read z̃ ~ N(z_θ, σ²I), later passes re-read that
+z̃ (:meth:`LatentPolicy.using_sampled_latents`) and the log-prob adds ``log N(z̃; z_θ, σ²I)``
+(``last_latent_logp``; the trainer puts it on the first completion token). Gates start at 0
 (``tanh(0) = 0``), so at init ``z_k = embed(<lat>)`` and the wrapper *is* the base LM with K pause
 tokens; ``freeze_gates=True`` keeps it that way (the placeholder-only ablation). This is a small,
 honest approximation of CoCoVa (arXiv 2511.02360, no public code), not a reproduction: no
@@ -31,7 +34,9 @@ InfoNCE/diffusion objectives, no adaptive K, no KV cache across latent passes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +89,7 @@ class LatentConfig:
     patch_size: int = 8
     vision_dim: int = 64
     projector_hidden: int | None = None  # None: linear projector; else a 2-layer MLP
+    noise_std: float = 0.0  # σ > 0: sampled rollouts use z̃ ~ N(z, σ²I) and the log-prob adds log N(z̃; z, σ²)
 
     def __post_init__(self):
         def bad(key, value, allowed):
@@ -101,6 +107,8 @@ class LatentConfig:
             bad("lqformer_blocks/heads", (self.lqformer_blocks, self.lqformer_heads), "ints >= 1")
         if not self.gate_scale > 0:
             bad("gate_scale", self.gate_scale, "a number > 0")
+        if not (isinstance(self.noise_std, (int, float)) and 0 <= self.noise_std < float("inf")):
+            bad("noise", self.noise_std, "a number >= 0 (0: deterministic latents)")
         if self.image_size < 0 or (self.image_size and self.image_size % self.patch_size):
             bad("image_size", self.image_size, f"0 (text only) or a multiple of latent_patch_size={self.patch_size}")
 
@@ -258,6 +266,11 @@ class LatentPolicy(PreTrainedModel):
             raise ValueError(f"latent_select_layers={self.select_layers} must lie in [0, {total})")
         self.generation_config = getattr(self.lm, "generation_config", None)
         self.last_latent_info: dict = {}
+        # latent noise (noise_std > 0): what generate() sampled, and what the next pass must reuse
+        self._draw_noise = False
+        self._sampled: torch.Tensor | None = None
+        self.last_sampled_latents: torch.Tensor | None = None  # [B, K, D] from the last sampling generate()
+        self.last_latent_logp: torch.Tensor | None = None  # [B] log N(z̃; z_θ, σ²I) of the last pass given z̃
 
     # ---------------------------------------------------------------- construction
 
@@ -415,11 +428,42 @@ class LatentPolicy(PreTrainedModel):
                 selected.append(torch.where(valid, idx, -1))
                 xattn.append(self.lqformer.last_attention)
                 e = torch.cat([e[:, :col], z.to(e.dtype), e[:, col + 1:]], 1)
-        Z = torch.cat(zs, 1).to(emb.dtype)  # [B, K, D]
+        Z = torch.cat(zs, 1).to(emb.dtype)  # [B, K, D]  the mean z_θ(x)
+        Z = self._apply_latent_noise(Z)
         self.last_latent_info = {"selected": torch.stack(selected, 1) if selected else None,  # [B, K, k']
                                  "lqformer_attention": torch.cat(xattn, 1) if xattn else None,  # [B, K, M]
                                  "gates": self.lqformer.gates()}
         return torch.cat([emb[:, :c0], Z, emb[:, c0 + len(cols):]], 1)
+
+    def _apply_latent_noise(self, Z: torch.Tensor) -> torch.Tensor:
+        """Z [B, K, D] -> the latents the LM reads. Deterministic unless noise is on (noise_std > 0):
+        while ``generate`` samples in training mode, z̃ = z + σ·ε is drawn and kept in
+        ``last_sampled_latents``; inside :meth:`using_sampled_latents` the given z̃ is read and
+        ``last_latent_logp`` = log N(z̃; z_θ, σ²I) [B] keeps the gradient to z_θ."""
+        sigma = self.latent_config.noise_std
+        if self._sampled is not None:
+            zt = self._sampled.to(device=Z.device, dtype=Z.dtype)
+            if zt.shape != Z.shape:
+                raise ValueError(f"sampled latents have shape {tuple(zt.shape)}, the batch needs {tuple(Z.shape)}")
+            self.last_latent_logp = latent_log_density(zt.float(), Z.float(), sigma)  # [B]
+            return zt.detach()
+        if self._draw_noise:
+            zt = (Z + sigma * torch.randn_like(Z)).detach()  # [B, K, D]
+            self.last_sampled_latents = zt
+            return zt
+        return Z
+
+    @contextlib.contextmanager
+    def using_sampled_latents(self, latents: torch.Tensor | None):
+        """Passes inside read ``latents`` [B, K, D] (the z̃ a rollout was sampled with) instead of
+        z_θ(x), and set ``last_latent_logp`` [B]. ``None``: the deterministic path, unchanged."""
+        if latents is not None and not self.latent_config.noise_std > 0:
+            raise ValueError("sampled latents were given but latent_noise is 0: there is no density to evaluate")
+        previous, self._sampled = self._sampled, latents
+        try:
+            yield self
+        finally:
+            self._sampled = previous
 
     def _context_pass(self, e, am, pos):
         """One LM pass over a prefix: last-layer hidden states [B, n, D] and the attention row of
@@ -464,11 +508,22 @@ class LatentPolicy(PreTrainedModel):
                  **kwargs):
         """Latents from the prompt, then the LM's own ``generate`` from the embeddings.
 
+        With ``latent_noise`` > 0, a *sampling* call in training mode draws z̃ ~ N(z, σ²I) and
+        keeps it in ``last_sampled_latents`` [B, K, D] (the trainer stores it with the rollout);
+        greedy or eval-mode calls use the mean z.
+
         Returns prompt ids followed by the new tokens ([B, P + T]; or a ``GenerateOutput`` whose
         ``sequences`` are that, with ``return_dict_in_generate=True``), like any causal LM.
         """
         am = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        emb = self.prepare_inputs_embeds(input_ids, am, pixel_values, patch_embeds)
+        gc = kwargs.get("generation_config") or self.generation_config
+        sampling = bool(kwargs.get("do_sample", getattr(gc, "do_sample", False)))
+        self._draw_noise = self.latent_config.noise_std > 0 and self.training and sampling and self._sampled is None
+        self.last_sampled_latents = None
+        try:
+            emb = self.prepare_inputs_embeds(input_ids, am, pixel_values, patch_embeds)
+        finally:
+            self._draw_noise = False
         out = self.lm.generate(inputs_embeds=emb, attention_mask=am, **kwargs)
         seqs = out.sequences if hasattr(out, "sequences") else out  # new tokens only (inputs_embeds given)
         full = torch.cat([input_ids, seqs.to(input_ids.device)], 1)
@@ -538,6 +593,13 @@ class LatentPolicy(PreTrainedModel):
             raise ValueError(f"latent.safetensors does not match the config: missing {missing}, unexpected {unexpected}")
         policy.float_latent_modules()
         return policy
+
+
+def latent_log_density(sampled: torch.Tensor, mean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``Σ_k log N(z̃_k; z_k, σ²I)`` per row: sampled, mean [B, K, D] -> [B] (fp32)."""
+    d = sampled[0].numel()
+    sq = ((sampled - mean) / sigma).pow(2).flatten(1).sum(1)  # [B]
+    return -0.5 * sq - d * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
 
 
 class _LatentBackbone:

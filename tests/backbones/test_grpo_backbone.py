@@ -55,6 +55,21 @@ def test_text_recipe_runs_with_lora_on_a_tiny_model(tmp_path):
     assert (out / "lm" / "adapter_config.json").is_file()  # LoRA on the wrapped LM only
 
 
+def test_latent_noise_trains_end_to_end(tmp_path):
+    """latent_noise > 0: each rollout's z̃ travels with the batch (``sampled_latents``) and the loss
+    pass reads it back. The run completes and the policy's sampled latents are the batch's."""
+    out = tmp_path / "noise"
+    logs = _run("cocova_lite_quadrant.yaml", out, "--max_steps", "2", "--latent_format_warmup_steps", "2",
+                "--per_device_train_batch_size", "16", "--num_generations", "4", "--model_name_or_path",
+                "tiny:llama-h32-l2", "--latent_noise", "0.1")
+    steps = [l for l in logs if "reward" in l]
+    assert len(steps) == 2 and all(l["loss"] == l["loss"] for l in steps)  # finite, not NaN
+    from rlattn.cli import parse_grpo_args
+
+    with pytest.raises(ValueError, match="latent_noise=0.1 needs num_iterations: 1"):
+        parse_grpo_args([str(ROOT / "recipes/cocova_lite_quadrant.yaml"), "--latent_noise", "0.1", "--num_iterations", "2"])
+
+
 def test_backbone_refuses_the_vllm_rollout_backend():
     from rlattn.cli import parse_grpo_args
 

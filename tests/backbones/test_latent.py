@@ -316,3 +316,64 @@ def test_fast_mode_reads_only_the_candidate_columns():
     allowed = (types[:, :c0] == TYPE_IMAGE)
     allowed[:, -1] = True  # <bot>
     assert float(w[~allowed].abs().max()) == 0.0 and (w[allowed] > 0).any()
+
+
+# latent noise (opt-in, cocova-lite.md §2.3) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,image", [("cocova", False), ("fast", True)])
+def test_latent_noise_is_a_policy_with_its_own_log_density(mode, image):
+    """A sampling generate() in train mode draws z̃ = z + σ·ε; a pass given z̃ reproduces the
+    generated tokens' log-probs (LOGP_ATOL) and reports Σ_k log N(z̃_k; z_k, σ²I) by hand (1e-4)."""
+    import math
+
+    sigma = 0.3
+    policy, proc, tok = build(mode=mode, image=image, K=2, noise_std=sigma)
+    open_gates(policy)
+    x, am, pv = batch(proc, image=image)
+    cols = policy._latent_columns(x)
+    with torch.no_grad():
+        z = policy.prepare_inputs_embeds(x, am, pv)[:, cols].float()  # [B, K, D] the mean: eval mode, no noise
+    assert policy.last_sampled_latents is None
+    policy.train()
+    torch.manual_seed(0)
+    g = policy.generate(x, attention_mask=am, pixel_values=pv, max_new_tokens=4, min_new_tokens=4, do_sample=True,
+                        output_logits=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
+    zt = policy.last_sampled_latents  # [B, K, D]
+    assert zt.shape == z.shape and (zt - z).abs().max() > 0.05
+    P, seq = x.shape[1], g.sequences
+    full = torch.cat([am, torch.ones(seq.shape[0], 4, dtype=am.dtype)], 1)
+    with policy.using_sampled_latents(zt):
+        logits = policy(seq, full, pixel_values=pv, logits_to_keep=5).logits[:, :-1]
+    new = seq[:, P:, None]
+    fwd = torch.log_softmax(logits.float(), -1).gather(-1, new)[..., 0]
+    gen = torch.log_softmax(torch.stack(g.logits, 1).float(), -1).gather(-1, new)[..., 0]
+    assert (fwd - gen).abs().max() < LOGP_ATOL
+    d = z[0].numel()
+    by_hand = -0.5 * ((zt - z) / sigma).pow(2).flatten(1).sum(1) - d * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
+    assert torch.allclose(policy.last_latent_logp.detach(), by_hand, atol=1e-4)
+    # the density's gradient reaches the LQ-Former (through z_θ); z̃ itself is a constant action
+    policy.last_latent_logp.sum().backward()
+    grads = [p.grad for p in policy.lqformer.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_latent_noise_off_the_sampling_path():
+    """Greedy calls and eval mode use the mean; z̃ without noise configured is refused."""
+    policy, proc, tok = build(K=2, noise_std=0.5)
+    open_gates(policy)
+    x, am, _ = batch(proc)
+    policy.train()
+    greedy = policy.generate(x, attention_mask=am, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert policy.last_sampled_latents is None
+    policy.eval()
+    policy.generate(x, attention_mask=am, max_new_tokens=3, do_sample=True, pad_token_id=tok.pad_token_id)
+    assert policy.last_sampled_latents is None
+    assert torch.equal(greedy, policy.generate(x, attention_mask=am, max_new_tokens=3, do_sample=False,
+                                               pad_token_id=tok.pad_token_id))  # train-mode greedy used the mean too
+    plain, _, _ = build(K=2)
+    with pytest.raises(ValueError, match="latent_noise is 0"):
+        with plain.using_sampled_latents(torch.zeros(2, 2, 32)):
+            pass
+    with pytest.raises(ValueError, match="latent_noise=-0.1"):
+        build(noise_std=-0.1)
