@@ -23,20 +23,11 @@ CHATML_TEMPLATE = (
 )
 
 
-def byte_tokenizer():
-    """A byte-level BPE tokenizer with no merges (one token per byte) and ChatML special tokens.
-
-    Vocab: 256 byte tokens + <|endoftext|> + <|im_start|> + <|im_end|> = 259 ids.
-    eos = pad = <|im_end|>, as in SmolLM2-Instruct.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def _chatml_tokenizer(core):
+    """Wrap a ``tokenizers.Tokenizer`` with ChatML specials: eos = pad = <|im_end|>, as in
+    SmolLM2-Instruct; left padding; the ChatML chat template."""
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<|endoftext|>",
@@ -48,6 +39,22 @@ def byte_tokenizer():
     tok.chat_template = CHATML_TEMPLATE
     tok.padding_side = "left"
     return tok
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges (one token per byte) and ChatML special tokens.
+
+    Vocab: 256 byte tokens + <|endoftext|> + <|im_start|> + <|im_end|> = 259 ids.
+    eos = pad = <|im_end|>, as in SmolLM2-Instruct.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return _chatml_tokenizer(core)
 
 
 def _task_corpus() -> list[str]:
@@ -67,14 +74,14 @@ def task_tokenizer(vocab_size: int = 384):
 
     Why: with one token per byte (:func:`byte_tokenizer`) the quadrant prompt is ~90 positions of
     text around 4-16 image tokens, and a tiny random LM, whose attention starts near uniform, sees
-    the image through ~1/90 of each attention row. Word tokens cut the prompt to ~20 positions and
-    make each answer (``tl``, ``br``, a digit) one token. Any other text still encodes (byte
+    the image through ~1/90 of each attention row. Word tokens cut the question from 60 positions
+    to 19 (the whole 4-patch prompt from ~90 to 36) and make each answer (``tl``, ``br``, a digit)
+    one token. Any other text still encodes (byte
     fallback: the base alphabet is all 256 bytes). Trained in code on :func:`_task_corpus`, no
     files; the same corpus always gives the same vocabulary. ChatML specials as in
     :func:`byte_tokenizer`.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     core = Tokenizer(models.BPE())
@@ -83,17 +90,7 @@ def task_tokenizer(vocab_size: int = 384):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train_from_iterator(_task_corpus(), trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tok.chat_template = CHATML_TEMPLATE
-    tok.padding_side = "left"
-    return tok
+    return _chatml_tokenizer(core)
 
 
 TOKENIZERS = ("bytes", "task", "embedded")
