@@ -37,21 +37,28 @@ def test_grounding_accuracy_by_hand():
     assert grounding_accuracy(mass, torch.tensor([0, 0, 2, 3]), 32, 8) == 0.75
 
 
+def _generated(n, new_tokens):
+    """A tiny image policy with open gates and its greedy completions of exactly ``new_tokens``:
+    ``(policy, processor, sequences [n, P+T], attention mask [n, P+T], P, pixel_values)``."""
+    from .conftest import batch, build, open_gates
+
+    policy, proc, tok = build(image=True, K=2)
+    open_gates(policy)
+    x, am, pv = batch(proc, image=True, n=n)
+    seq = policy.generate(x, attention_mask=am, pixel_values=pv, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                          do_sample=False, pad_token_id=tok.pad_token_id)
+    P = x.shape[1]
+    full = torch.cat([am, torch.ones(n, seq.shape[1] - P, dtype=am.dtype)], 1)
+    return policy, proc, seq, full, P, pv
+
+
 def test_collecting_during_the_statistics_pass_equals_a_separate_pass():
     """The trainer gets the completion attention from its statistics pass (in row chunks) instead
     of an extra forward; both must give the same [B, T, N] (atol 1e-6)."""
     from rlattn.backbones.diagnostics import CompletionAttention, completion_attention
     from rlattn.credit.attention_stats import AttentionStatsConfig, compute_attention_stats
 
-    from .conftest import batch, build, open_gates
-
-    policy, proc, tok = build(image=True, K=2)
-    open_gates(policy)
-    x, am, pv = batch(proc, image=True, n=3)
-    seq = policy.generate(x, attention_mask=am, pixel_values=pv, max_new_tokens=4, min_new_tokens=4, do_sample=False,
-                          pad_token_id=tok.pad_token_id)
-    P = x.shape[1]
-    full = torch.cat([am, torch.ones(3, seq.shape[1] - P, dtype=am.dtype)], 1)
+    policy, proc, seq, full, P, pv = _generated(n=3, new_tokens=4)
     resp = torch.zeros_like(full, dtype=torch.bool)
     resp[:, P:] = True
     cfg = AttentionStatsConfig(layers=[1, 2], window=2, fai_horizon=(1, 3))
@@ -69,15 +76,7 @@ def test_row_t_is_the_attention_that_emits_completion_token_t():
     dropped and the rest renormalised; atol 1e-5)."""
     from rlattn.backbones.diagnostics import completion_attention
 
-    from .conftest import batch, build, open_gates
-
-    policy, proc, tok = build(image=True, K=2)
-    open_gates(policy)
-    x, am, pv = batch(proc, image=True, n=2)
-    seq = policy.generate(x, attention_mask=am, pixel_values=pv, max_new_tokens=3, min_new_tokens=3, do_sample=False,
-                          pad_token_id=tok.pad_token_id)
-    P = x.shape[1]
-    full = torch.cat([am, torch.ones(2, seq.shape[1] - P, dtype=am.dtype)], 1)
+    policy, proc, seq, full, P, pv = _generated(n=2, new_tokens=3)
     A = completion_attention(policy, seq, full, P, layers=[1, 2], num_sinks=1, pixel_values=pv)  # [2, 3, N]
     with torch.no_grad():
         maps = policy(seq, full, pixel_values=pv, output_attentions=True).attentions  # L x [B, H, N, N]
