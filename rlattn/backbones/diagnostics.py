@@ -19,7 +19,8 @@ Attention is not attribution: a model can find the red square by attending to th
 around it, and the row that emits a one-token answer is a prompt row, the same for every
 rollout of a group, so its advantage-weighted map is flat. :func:`occlusion_map` measures what
 the answer *depends on* instead: the drop in the answer's log-prob when one patch is painted
-over with the image's median colour. Its argmax gives an *occlusion grounding accuracy*.
+over with the image's median colour. :func:`quadrant_report` turns it into an *occlusion
+grounding accuracy* (the target patch costs the answer the most, and at least ln 2 nats).
 """
 
 from __future__ import annotations
@@ -243,11 +244,10 @@ def quadrant_report(policy, processor, dataset, batch_size: int = 64) -> dict[st
             P = ids.shape[1]
             seq = policy.generate(ids, attention_mask=am, pixel_values=pv, max_new_tokens=4, do_sample=False,
                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            comp = seq[:, P:]
-            cmask = torch.ones_like(comp)
-            ended = (comp == tok.eos_token_id).long().cumsum(1)
-            cmask[(ended - (comp == tok.eos_token_id).long()) > 0] = 0  # keep through the first eos
-            texts = tok.batch_decode(comp * cmask + tok.pad_token_id * (1 - cmask), skip_special_tokens=True)
+            comp = seq[:, P:]  # [b, T]; generate pads finished rows, so special tokens end the text
+            is_eos = (comp == tok.eos_token_id).long()
+            cmask = (is_eos.cumsum(1) - is_eos == 0).long()  # [b, T] through the first eos
+            texts = tok.batch_decode(comp, skip_special_tokens=True)
             hits += sum(reward([[{"role": "assistant", "content": t}] for t in texts],
                                solution=[r["solution"] for r in rows]))
             full = torch.cat([am, cmask], 1)
