@@ -152,6 +152,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             with policy.using_sampled_latents(zt):
                 logps, entropies, aux = super()._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+            if policy.last_latent_logp is None:
+                raise RuntimeError("latent noise: the loss pass inserted no latents (no <bot> <lat>×K in the prompts?)")
             # log π(y, z̃ | x) = log N(z̃; z_θ(x), σ²) + Σ_t log π(y_t | x, z̃, y_<t): the density rides on token 0
             logps = torch.cat([logps[:, :1] + policy.last_latent_logp[:, None].to(logps.dtype), logps[:, 1:]], 1)
             return logps, entropies, aux
@@ -269,14 +271,14 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         if keep.any():
             bs = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
             rows = keep.nonzero().flatten()
+            policy = self.accelerator.unwrap_model(self.model)
             with self.accelerator.autocast():
                 for start in range(0, len(rows), max(1, bs)):
                     r = rows[start : start + bs]
                     fk = {} if pixel_values is None else {"pixel_values": pixel_values[r]}  # one image per row
                     observer = None if collector is None else collector.for_rows(r)
-                    zt = None if sampled_latents is None else sampled_latents[r]
-                    policy = self.accelerator.unwrap_model(self.model)
-                    ctx = policy.using_sampled_latents(zt) if zt is not None else contextlib.nullcontext()
+                    ctx = (contextlib.nullcontext() if sampled_latents is None
+                           else policy.using_sampled_latents(sampled_latents[r]))
                     with ctx:  # the statistics of the latents the rollout actually read
                         s = compute_attention_stats(self.model, ids[r], am[r], resp[r], self.stats_config, observer=observer, **fk)
                     waad[r], fai[r] = s.waad, s.fai

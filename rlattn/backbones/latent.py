@@ -460,6 +460,7 @@ class LatentPolicy(PreTrainedModel):
         if latents is not None and not self.latent_config.noise_std > 0:
             raise ValueError("sampled latents were given but latent_noise is 0: there is no density to evaluate")
         previous, self._sampled = self._sampled, latents
+        self.last_latent_logp = None  # set by the pass inside, never left over from an earlier one
         try:
             yield self
         finally:

@@ -377,3 +377,16 @@ def test_latent_noise_off_the_sampling_path():
             pass
     with pytest.raises(ValueError, match="latent_noise=-0.1"):
         build(noise_std=-0.1)
+
+
+def test_sampled_latents_context_never_reports_a_stale_density():
+    """Entering the context clears ``last_latent_logp``: a pass that inserts no latents leaves it None."""
+    policy, proc, tok = build(K=2, noise_std=0.2)
+    x, am, _ = batch(proc)
+    zt = torch.zeros(x.shape[0], 2, policy.config.hidden_size)
+    with policy.using_sampled_latents(zt):
+        policy(x, am)
+    assert policy.last_latent_logp is not None
+    with policy.using_sampled_latents(zt):
+        policy.lm(input_ids=x, attention_mask=am)  # the bare LM: no latent path runs
+    assert policy.last_latent_logp is None
