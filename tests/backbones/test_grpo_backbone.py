@@ -55,14 +55,33 @@ def test_text_recipe_runs_with_lora_on_a_tiny_model(tmp_path):
     assert (out / "lm" / "adapter_config.json").is_file()  # LoRA on the wrapped LM only
 
 
-def test_latent_noise_trains_end_to_end(tmp_path):
-    """latent_noise > 0: each rollout's z̃ travels with the batch (``sampled_latents``) and the loss
-    pass reads it back. The run completes and the policy's sampled latents are the batch's."""
+def test_latent_noise_trains_end_to_end(tmp_path, monkeypatch):
+    """latent_noise > 0 through the real script (in-process, to watch the policy): each rollout's z̃
+    travels with the batch (``sampled_latents``) and both the statistics pass and the loss pass
+    re-read it, 2 steps x 2 passes, each over the 16 rows of the batch, with gradients on."""
+    import runpy
+
+    from rlattn.backbones.latent import LatentPolicy
+
+    seen = []
+    original = LatentPolicy.using_sampled_latents
+
+    def spy(self, latents):
+        seen.append(None if latents is None else tuple(latents.shape))
+        return original(self, latents)
+
+    monkeypatch.setattr(LatentPolicy, "using_sampled_latents", spy)
     out = tmp_path / "noise"
-    logs = _run("cocova_lite_quadrant.yaml", out, "--max_steps", "2", "--latent_format_warmup_steps", "2",
-                "--per_device_train_batch_size", "16", "--num_generations", "4", "--model_name_or_path",
-                "tiny:llama-h32-l2", "--latent_noise", "0.1")
-    steps = [l for l in logs if "reward" in l]
+    monkeypatch.setattr(sys, "argv", [
+        "grpo.py", str(ROOT / "recipes/cocova_lite_quadrant.yaml"), "--output_dir", str(out), "--max_steps", "2",
+        "--latent_format_warmup_steps", "2", "--per_device_train_batch_size", "16", "--num_generations", "4",
+        "--model_name_or_path", "tiny:llama-h32-l2", "--latent_noise", "0.1", "--credit_log_samples", "0"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(ROOT / "scripts" / "grpo.py"), run_name="__main__")
+    assert done.value.code in (None, 0)
+    assert seen == [(16, 2, 32)] * 4
+    steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [l for l in steps if "reward" in l]
     assert len(steps) == 2 and all(l["loss"] == l["loss"] for l in steps)  # finite, not NaN
     from rlattn.cli import parse_grpo_args
 
