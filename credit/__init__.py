@@ -1,6 +1,6 @@
 """rlattn.credit: attention statistics (WAAD, FAI, head spans) and credit strategies.
 
-Public API (credit-spec §8):
+Public API (docs/credit.md):
 
     from rlattn.credit import AttentionStatsConfig, AttentionStats, compute_attention_stats
     stats = compute_attention_stats(model, input_ids, attention_mask, response_mask, config=AttentionStatsConfig())
@@ -22,7 +22,8 @@ L model layers, nL selected layers, H query heads, KV key/value heads, D head di
 
 from .advantages import apply_credit
 from .attention_stats import AttentionStats, AttentionStatsConfig, compute_attention_stats, default_layers
-from .registry import CREDIT_REGISTRY, CreditConfig, get_credit_fn, register_credit
+from .config import CreditConfig
+from .registry import CREDIT_REGISTRY, credit_needs, get_credit_fn, register_credit, strategy_needs
 from .report import CreditReport, credit_report
 from .selection import select_tokens, top_q, waad_deltas
 
@@ -35,6 +36,8 @@ __all__ = [
     "CreditConfig",
     "get_credit_fn",
     "register_credit",
+    "credit_needs",
+    "strategy_needs",
     "apply_credit",
     "CreditReport",
     "credit_report",
@@ -42,3 +45,7 @@ __all__ = [
     "top_q",
     "waad_deltas",
 ]
+
+# The built-in strategies, one file each: importing them registers them (listed here, not found by
+# a scan, so the wiring is visible). Add new strategy files to this line.
+from . import coupled, global_anchor, high_entropy, local_chunk, random_tokens, uniform  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""Token-level advantages from sequence advantages and credit weights (credit-spec.md §7).
+"""Token-level advantages from sequence advantages and credit weights (docs/credit.md).
 
 Idea. GRPO gives each sequence one group-normalised advantage A. Attention credit turns it into a
 per-token advantage Ã[t] = γ[t]·A, which TRL's GRPO loss accepts as a (B, T) tensor; the PPO clip
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from rlattn.credit.registry import SIGNS
+from rlattn.credit.config import SIGNS
 
 __all__ = ["apply_credit"]
 

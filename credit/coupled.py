@@ -5,7 +5,7 @@ two come in a rhythm. An anchor that sits inside a chunk its preplan token just 
 a large Δ within the last k tokens) is "locally dominated": part of its extra credit moves to the
 token that introduced it.
 
-Formula (credit-spec.md §5-6; c = γ_amp − 1, γ_amp = 1.5, α = 0.5, k = 3):
+Formula (docs/credit.md; c = γ_amp − 1, γ_amp = 1.5, α = 0.5, k = 3):
   T_glob = TopQ(FAI, q);
   D = { t ∈ T_glob : WAAD[t] ≤ median(WAAD over R) and
         max_{u∈[t−k,t−1]∩R} Δ[u] ≥ quantile(Δ over R, 0.6) }
@@ -34,7 +34,7 @@ from rlattn.credit.selection import select_tokens
 __all__ = ["coupled"]
 
 
-@register_credit("coupled")
+@register_credit("coupled", needs=("attention",))
 def coupled(
     waad: torch.Tensor,
     fai: torch.Tensor,

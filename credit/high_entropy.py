@@ -21,12 +21,12 @@ from __future__ import annotations
 import torch
 
 from rlattn.credit.registry import CreditConfig, register_credit
-from rlattn.credit.selection import amplify, top_q
+from rlattn.credit.selection import amplify, select_q
 
 __all__ = ["high_entropy"]
 
 
-@register_credit("high_entropy")
+@register_credit("high_entropy", needs=("entropies",))
 def high_entropy(
     waad: torch.Tensor,
     fai: torch.Tensor,
@@ -41,5 +41,5 @@ def high_entropy(
             "credit strategy 'high_entropy' needs per-token policy entropies: pass entropies= a float "
             "[B, T] tensor (the rollout policy's next-token entropy at each response token)"
         )
-    selected = top_q(entropies, mask, config.quantile)  # [B, T]
+    selected = select_q(entropies, mask, config.quantile, config.select)  # [B, T]
     return amplify(selected, config.gamma)  # [B, T]

@@ -4,7 +4,7 @@ Idea. Local attention heads look back a short, steady distance inside a reasonin
 distance changes sharply a new chunk starts, and the token there "preplans" it. Those tokens get
 more credit.
 
-Formula (credit-spec.md §5-6). WAAD[t] = Σ_{s≤t} Ā_loc[t,s]·min(t−s, W);
+Formula (docs/credit.md). WAAD[t] = Σ_{s≤t} Ā_loc[t,s]·min(t−s, W);
 Δ[t] = |WAAD[t] − WAAD[t+1]| for t, t+1 ∈ R (0 at the last response token);
 T_loc = TopQ(Δ, q) (tokens of R with Δ ≥ quantile(Δ over R, 1−q), q = 0.4);
 γ[t] = 1 + (γ_amp − 1)·1[t ∈ T_loc], γ_amp = 1.5.
@@ -21,12 +21,12 @@ from __future__ import annotations
 import torch
 
 from rlattn.credit.registry import CreditConfig, register_credit
-from rlattn.credit.selection import amplify, top_q, waad_deltas
+from rlattn.credit.selection import amplify, select_q, waad_deltas
 
 __all__ = ["local_chunk"]
 
 
-@register_credit("local_chunk")
+@register_credit("local_chunk", needs=("attention",))
 def local_chunk(
     waad: torch.Tensor,
     fai: torch.Tensor,
@@ -36,6 +36,6 @@ def local_chunk(
 ) -> torch.Tensor:
     """γ = γ_amp on T_loc = TopQ(Δ, q), 1 elsewhere. float32 [B, T]."""
     config = config if config is not None else CreditConfig()
-    delta = waad_deltas(waad, mask)  # [B, T]
-    preplan = top_q(delta, mask, config.quantile)  # [B, T] T_loc
+    delta = waad_deltas(waad.double(), mask)  # [B, T] in float64: the selection must not depend on the dtype
+    preplan = select_q(delta, mask, config.quantile, config.select)  # [B, T] T_loc
     return amplify(preplan, config.gamma)  # [B, T]

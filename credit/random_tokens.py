@@ -22,12 +22,12 @@ from __future__ import annotations
 import torch
 
 from rlattn.credit.registry import CreditConfig, register_credit
-from rlattn.credit.selection import amplify, top_q
+from rlattn.credit.selection import amplify, select_q
 
 __all__ = ["random_tokens"]
 
 
-@register_credit("random")
+@register_credit("random", needs=("reseed",))
 def random_tokens(
     waad: torch.Tensor,
     fai: torch.Tensor,
@@ -39,5 +39,5 @@ def random_tokens(
     config = config if config is not None else CreditConfig()
     generator = torch.Generator(device="cpu").manual_seed(config.seed % 2**64)  # any int seed
     noise = torch.rand(mask.shape, generator=generator, dtype=torch.float32)  # [B, T] on CPU
-    selected = top_q(noise.to(mask.device), mask, config.quantile)  # [B, T]
+    selected = select_q(noise.to(mask.device), mask, config.quantile, config.select)  # [B, T]
     return amplify(selected, config.gamma)  # [B, T]

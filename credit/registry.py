@@ -1,19 +1,25 @@
-"""Credit configuration and the registry of credit strategies (credit-spec.md §6, §8).
+"""The registry of credit strategies and what each one needs (docs/credit.md §6, §8).
 
 A credit strategy maps attention statistics to per-token advantage weights γ:
 
     fn(waad, fai, mask, entropies=None, config=CreditConfig()) -> float32 [B, T]
 
-with waad, fai, entropies float [B, T] and mask bool [B, T] (True on response tokens R). The
-built-in strategies (Li et al., arXiv 2510.13554, and the paper's baselines) live one per file in
-``rlattn.credit`` and are registered under their YAML names with ``@register_credit``.
+with waad, fai, entropies float [B, T] and mask bool [B, T] (True on response tokens R). Each
+strategy **declares what it needs** when it registers, and callers (the trainer, the inspector)
+ask :func:`strategy_needs` instead of comparing names:
 
-Wiring is explicit, not an import side effect somebody has to find: ``_BUILTIN_MODULES`` below lists
-the built-in strategy modules, and ``_load_builtin_strategies()`` imports them the first time the
-registry is used (``get_credit_fn``, ``register_credit``, ``CreditConfig`` validation, or reading
-``CREDIT_REGISTRY`` from this module). ``from rlattn.credit.registry import get_credit_fn`` alone is
-therefore enough. A user strategy is either registered with ``@register_credit("name")`` (import its
-module before use) or named by a dotted path ``package.module:function``.
+| need | meaning |
+| --- | --- |
+| ``attention`` | WAAD and FAI from a statistics pass (otherwise waad = 0, fai = NaN are passed) |
+| ``entropies`` | the rollout policy's per-token entropies |
+| ``reseed`` | a fresh ``config.seed`` per step (the caller derives it from seed and step) |
+| ``identity`` | γ ≡ 1: the caller may pass its advantages through untouched (``uniform``) |
+
+A user strategy registers with ``@register_credit("name", needs=(...))``; the default,
+``("attention",)``, is what every strategy got before needs were declared. A dotted path
+``package.module:function`` declares its needs with the :func:`credit_needs` decorator (default
+``("attention",)`` as well). The built-ins are registered when ``rlattn.credit`` is imported (its
+``__init__`` imports their modules), so any import from the package finds them.
 
 ``get_credit_fn`` wraps the strategy in a checker: inputs must be [B, T] tensors of one shape with a
 bool mask, and the output must be a [B, T] tensor whose response-token weights are finite and
@@ -25,191 +31,77 @@ to 1.0: those tokens get no loss (their loss mask is 0), so their weight is irre
 from __future__ import annotations
 
 import functools
-import importlib
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-__all__ = ["CREDIT_REGISTRY", "CreditConfig", "CreditFn", "get_credit_fn", "register_credit"]
+from .config import COMBINES, SELECTS, SIGNS, CreditConfig
+
+__all__ = ["CREDIT_REGISTRY", "NEEDS", "CreditConfig", "CreditFn", "credit_needs", "get_credit_fn",
+           "register_credit", "strategy_needs", "valid_names", "COMBINES", "SELECTS", "SIGNS"]
 
 CreditFn = Callable[..., torch.Tensor]
 
-SIGNS = ("both", "positive", "negative")
-COMBINES = ("sum", "max")
+#: Everything a strategy may declare it needs.
+NEEDS = ("attention", "entropies", "reseed", "identity")
+_DEFAULT_NEEDS = frozenset({"attention"})
 
-# The built-in strategy modules, imported by _load_builtin_strategies(). Add new files here.
-_BUILTIN_MODULES = (
-    "rlattn.credit.uniform",
-    "rlattn.credit.local_chunk",
-    "rlattn.credit.global_anchor",
-    "rlattn.credit.coupled",
-    "rlattn.credit.random_tokens",
-    "rlattn.credit.high_entropy",
-)
-
-_REGISTRY: dict[str, CreditFn] = {}
-_builtins_state = "unloaded"  # "unloaded" -> "loading" -> "loaded"
+#: name -> strategy function. Fill it through :func:`register_credit`.
+CREDIT_REGISTRY: dict[str, CreditFn] = {}
+_NEEDS: dict[str, frozenset[str]] = {}
 
 
-def _load_builtin_strategies() -> None:
-    """Import the built-in strategy modules once, so their @register_credit decorators run."""
-    global _builtins_state
-    if _builtins_state != "unloaded":  # loaded, or loading (a built-in's decorator calling back)
-        return
-    _builtins_state = "loading"
-    try:
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
-    except BaseException:
-        _builtins_state = "unloaded"
-        raise
-    _builtins_state = "loaded"
+def _check_needs(needs: Iterable[str], where: str) -> frozenset[str]:
+    if isinstance(needs, str):
+        needs = (needs,)
+    needs = frozenset(needs)
+    unknown = sorted(needs - set(NEEDS))
+    if unknown:
+        raise ValueError(f"{where}: needs={sorted(needs)!r} has {unknown}; allowed: {', '.join(NEEDS)}")
+    return needs
 
 
-def __getattr__(name: str) -> Any:
-    # PEP 562: reading CREDIT_REGISTRY (also via `from ... import CREDIT_REGISTRY`) loads built-ins.
-    if name == "CREDIT_REGISTRY":
-        _load_builtin_strategies()
-        return _REGISTRY
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def credit_needs(*needs: str) -> Callable[[CreditFn], CreditFn]:
+    """Decorator for a strategy used by dotted path: declare what it needs (see the module table)."""
+
+    def decorator(fn: CreditFn) -> CreditFn:
+        fn.credit_needs = _check_needs(needs, f"credit_needs on {_describe(fn)}")
+        return fn
+
+    return decorator
 
 
-def _valid_names() -> str:
-    _load_builtin_strategies()
-    return ", ".join(repr(n) for n in sorted(_REGISTRY))
-
-
-# ---------------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------------
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass
-class CreditConfig:
-    """Settings of the credit strategies (spec §6, §8). Validated on construction."""
-
-    strategy: str = field(
-        default="coupled",
-        metadata={"help": "Credit strategy: a registered name (uniform, local_chunk, global_anchor, "
-                  "coupled, random, high_entropy, or your own) or a dotted path 'package.module:function'."},
-    )
-    quantile: float = field(
-        default=0.4,
-        metadata={"help": "q of TopQ: the fraction of response tokens selected (0 < q <= 1)."},
-    )
-    gamma: float = field(
-        default=1.5,
-        metadata={"help": "γ_amp, the weight of selected tokens (>= 1; 1 gives plain GRPO)."},
-    )
-    alpha: float = field(
-        default=0.5,
-        metadata={"help": "coupled: share α of a dominated anchor's extra weight moved to its intro "
-                  "token (0 <= α <= 1)."},
-    )
-    k: int = field(
-        default=3,
-        metadata={"help": "coupled: look-back window [t-k, t-1] for dominated anchors (integer >= 1)."},
-    )
-    sign: str = field(
-        default="both",
-        metadata={"help": "Which advantages γ scales: 'both', 'positive' (A >= 0 only) or 'negative' "
-                  "(A < 0 only)."},
-    )
-    combine: str = field(
-        default="sum",
-        metadata={"help": "coupled: how overlapping terms combine: 'sum' (indicators add) or 'max' "
-                  "(γ = the largest term's γ)."},
-    )
-    seed: int = field(
-        default=0,
-        metadata={"help": "random: seed of the token draw (same seed and shape, same tokens)."},
-    )
-    dominated_waad_quantile: float = field(
-        default=0.5,
-        metadata={"help": "coupled [ours]: an anchor is dominated only if WAAD[t] <= this quantile of "
-                  "WAAD over R (0.5 = median, linear interpolation)."},
-    )
-    dominated_delta_quantile: float = field(
-        default=0.6,
-        metadata={"help": "coupled [ours]: ... and max Δ over its window >= this quantile of Δ over R."},
-    )
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the key, the value and what is allowed."""
-
-        def bad(key: str, allowed: str) -> ValueError:
-            return ValueError(f"CreditConfig.{key}={getattr(self, key)!r} {allowed}")
-
-        if not isinstance(self.strategy, str) or not self.strategy:
-            raise bad("strategy", "is not a non-empty string")
-        if ":" in self.strategy:
-            module, _, attr = self.strategy.partition(":")
-            if not module or not attr:
-                raise bad("strategy", "is not a dotted path of the form 'package.module:function'")
-        elif self.strategy not in _REGISTRY:
-            _load_builtin_strategies()
-            if self.strategy not in _REGISTRY:
-                raise bad(
-                    "strategy",
-                    f"is not a registered credit strategy; valid names: {_valid_names()} "
-                    "(or a dotted path 'package.module:function')",
-                )
-        if not _is_number(self.quantile) or not 0 < self.quantile <= 1:
-            raise bad("quantile", "is not a number in (0, 1]")
-        if not _is_number(self.gamma) or self.gamma < 1:
-            raise bad("gamma", "is not a finite number >= 1 (γ_amp amplifies; 1.0 gives plain GRPO)")
-        if not _is_number(self.alpha) or not 0 <= self.alpha <= 1:
-            raise bad("alpha", "is not a number in [0, 1]")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise bad("k", "is not an integer >= 1")
-        if self.sign not in SIGNS:
-            raise bad("sign", "is not one of " + ", ".join(repr(s) for s in SIGNS))
-        if self.combine not in COMBINES:
-            raise bad("combine", "is not one of " + ", ".join(repr(c) for c in COMBINES))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise bad("seed", "is not an integer")
-        for key in ("dominated_waad_quantile", "dominated_delta_quantile"):
-            value = getattr(self, key)
-            if not _is_number(value) or not 0 <= value <= 1:
-                raise bad(key, "is not a number in [0, 1]")
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry
-# ---------------------------------------------------------------------------------------------
-def register_credit(name: str) -> Callable[[CreditFn], CreditFn]:
+def register_credit(name: str, needs: Iterable[str] = ("attention",)) -> Callable[[CreditFn], CreditFn]:
     """Decorator: register ``fn(waad, fai, mask, entropies=None, config=None)`` under ``name``.
 
-    ``name`` is what YAML's ``credit_strategy`` says. A name already taken (built-ins included)
-    raises ValueError. Returns the function unchanged.
+    ``name`` is what YAML's ``credit_strategy`` says; ``needs`` what the caller must provide (the
+    module table). A name already taken (built-ins included) raises ValueError. Returns ``fn``.
     """
     if not isinstance(name, str) or not name or ":" in name:
         raise ValueError(
             f"credit strategy name {name!r} is not a non-empty string without ':' "
             "(':' is reserved for dotted paths 'package.module:function')"
         )
-    _load_builtin_strategies()
+    declared = _check_needs(needs, f"register_credit({name!r})")
 
     def decorator(fn: CreditFn) -> CreditFn:
         if not callable(fn):
             raise ValueError(f"register_credit({name!r}) decorates {fn!r}, which is not callable")
-        if name in _REGISTRY:
+        if name in CREDIT_REGISTRY:
             raise ValueError(
-                f"credit strategy {name!r} is already registered (by {_describe(_REGISTRY[name])}); "
+                f"credit strategy {name!r} is already registered (by {_describe(CREDIT_REGISTRY[name])}); "
                 "pick another name"
             )
-        _REGISTRY[name] = fn
+        CREDIT_REGISTRY[name] = fn
+        _NEEDS[name] = declared
         return fn
 
     return decorator
+
+
+def valid_names() -> str:
+    return ", ".join(repr(n) for n in sorted(CREDIT_REGISTRY))
 
 
 def _describe(fn: Any) -> str:
@@ -218,10 +110,29 @@ def _describe(fn: Any) -> str:
     return f"{module}:{qualname}"
 
 
-def _import_path(path: str) -> CreditFn:
-    from rlattn.utils import import_dotted
+def _resolve(name_or_path: str) -> tuple[CreditFn, str, frozenset[str]]:
+    """(function, label for errors, needs) of a registered name or a dotted path."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ValueError(f"credit strategy {name_or_path!r} is not a non-empty string; valid names: {valid_names()}")
+    if ":" in name_or_path:
+        from rlattn.utils import import_dotted
 
-    return import_dotted(path, "credit strategy")
+        fn = import_dotted(name_or_path, "credit strategy")
+        needs = getattr(fn, "credit_needs", _DEFAULT_NEEDS)
+        return fn, name_or_path, _check_needs(needs, f"credit strategy {name_or_path!r}")
+    if name_or_path not in CREDIT_REGISTRY:
+        hint = " (a dotted path needs a ':' before the function: 'package.module:function')" if "." in name_or_path else ""
+        raise ValueError(
+            f"unknown credit strategy {name_or_path!r}; valid names: {valid_names()}, "
+            f"or a dotted path 'package.module:function'{hint}"
+        )
+    fn = CREDIT_REGISTRY[name_or_path]
+    return fn, f"{name_or_path!r} ({_describe(fn)})", _NEEDS.get(name_or_path, _DEFAULT_NEEDS)
+
+
+def strategy_needs(name_or_path: str) -> frozenset[str]:
+    """What a strategy declared it needs (a subset of :data:`NEEDS`)."""
+    return _resolve(name_or_path)[2]
 
 
 def get_credit_fn(name_or_path: str) -> CreditFn:
@@ -231,23 +142,8 @@ def get_credit_fn(name_or_path: str) -> CreditFn:
     means ``CreditConfig()``). Unknown names raise a ValueError listing the valid ones. A dotted
     path is imported now, so a missing module or function fails here, not at the first batch.
     """
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise ValueError(
-            f"credit strategy {name_or_path!r} is not a non-empty string; valid names: {_valid_names()}"
-        )
-    if ":" in name_or_path:
-        return _checked(_import_path(name_or_path), name_or_path)
-    _load_builtin_strategies()
-    if name_or_path not in _REGISTRY:
-        hint = ""
-        if "." in name_or_path:
-            hint = " (a dotted path needs a ':' before the function: 'package.module:function')"
-        raise ValueError(
-            f"unknown credit strategy {name_or_path!r}; valid names: {_valid_names()}, "
-            f"or a dotted path 'package.module:function'{hint}"
-        )
-    fn = _REGISTRY[name_or_path]
-    return _checked(fn, f"{name_or_path!r} ({_describe(fn)})")
+    fn, label, _ = _resolve(name_or_path)
+    return _checked(fn, label)
 
 
 def _checked(fn: CreditFn, label: str) -> CreditFn:

@@ -1,4 +1,4 @@
-"""Token selection for the credit strategies (credit-spec.md §5).
+"""Token selection for the credit strategies (docs/credit.md).
 
 Li et al., "Attention Illuminates LLM Reasoning" (arXiv 2510.13554) pick the tokens whose advantage
 is amplified from two attention statistics: WAAD (local-head look-back distance; a jump in WAAD marks
@@ -7,7 +7,9 @@ high FAI marks an *anchor*). This module turns WAAD and FAI into boolean token s
 
 - ``waad_deltas``: Δ[t] = |WAAD[t] − WAAD[t+1]| for t, t+1 ∈ R; Δ = 0 at the last response token.
 - ``top_q``: TopQ(x, q) = tokens of R with finite x and x ≥ quantile(x over those tokens, 1 − q)
-  (linear interpolation, exactly ``torch.quantile``'s).
+  (linear interpolation, exactly ``torch.quantile``'s); ``bottom_q``: BottomQ(x, q), the tokens with
+  x ≤ quantile(x, q) (``CreditConfig.select = "bottom"``, the paper's Table 5 ablation);
+  ``select_q`` picks one of the two by name.
 - ``dominated_anchors``: anchors t with WAAD[t] ≤ quantile(WAAD over R, 0.5) (the median, linear
   interpolation: the mean of the two middle values for an even count, not ``torch.median``'s lower
   one) and max_{u ∈ [t−k, t−1] ∩ R} Δ[u] ≥ quantile(Δ over R, 0.6). Both thresholds are ours, not
@@ -22,7 +24,9 @@ functions never assume R starts at column 0 or is right-aligned. Quantiles are p
 row's R. Non-finite values (FAI is NaN where its horizon is empty) are never selected, and a row
 with no finite value selects nothing. Everything is vectorised over rows and positions; the only
 Python loop runs over the k offsets of the look-back window. Outputs live on the inputs' device.
-Inputs in float64 are kept in float64; any other floating dtype is computed in float32.
+Quantiles and comparisons are computed in float64 whatever the input dtype (a float32 input is
+widened exactly), so the selected sets do not depend on the dtype: in float32, ``torch.quantile``
+places the rank 0.6·(51 − 1) at 30.0000019 and would drop the token exactly at the threshold.
 """
 
 from __future__ import annotations
@@ -32,14 +36,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # only for annotations: registry imports the strategies, which import this
-    from rlattn.credit.registry import CreditConfig
+if TYPE_CHECKING:
+    from rlattn.credit.config import CreditConfig
 
 __all__ = [
     "SELECTION_KEYS",
     "amplify",
     "dominated_anchors",
     "intro_tokens",
+    "bottom_q",
+    "select_q",
     "select_tokens",
     "top_q",
     "waad_deltas",
@@ -68,8 +74,8 @@ def _check_bool(x: torch.Tensor, name: str) -> None:
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
-    """float64 stays float64; everything else is computed in float32 (quantile needs float)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    """Everything is compared in float64: quantile ranks and thresholds must not depend on the dtype."""
+    return x.to(torch.float64)
 
 
 def _check_fraction(value: float, name: str, *, allow_zero: bool) -> None:
@@ -132,10 +138,11 @@ def _intro_from_offsets(dominated: torch.Tensor, offset: torch.Tensor, k: int) -
 def waad_deltas(waad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Δ[t] = |WAAD[t] − WAAD[t+1]| where t and t+1 are both in R; 0 elsewhere.
 
-    So Δ = 0 at the last response token of each row (and outside R). float [B, T].
+    So Δ = 0 at the last response token of each row (and outside R). float [B, T]: float64 for a
+    float64 input, float32 otherwise (the selections widen it to float64 before comparing).
     """
     _check_pair(waad, mask, "waad")
-    w = _as_float(waad)  # [B, T]
+    w = waad if waad.dtype in (torch.float32, torch.float64) else waad.to(torch.float32)  # [B, T]
     delta = torch.zeros_like(w)  # [B, T]
     both = mask[:, :-1] & mask[:, 1:]  # [B, T−1] t and t+1 in R
     diff = (w[:, :-1] - w[:, 1:]).abs()  # [B, T−1]
@@ -154,6 +161,28 @@ def top_q(x: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
     x = _as_float(x)  # [B, T]
     threshold = _masked_quantile(x, mask, 1.0 - q)  # [B, 1]
     return mask & torch.isfinite(x) & (x >= threshold)  # [B, T]
+
+
+def bottom_q(x: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
+    """BottomQ(x, q): tokens of R with finite x and x ≤ quantile(x over those tokens, q). bool [B, T].
+
+    The mirror of :func:`top_q` (ties at the threshold are all selected); the paper's Table 5
+    ablation selects the bottom 40 % instead of the top 40 %.
+    """
+    _check_pair(x, mask, "x")
+    _check_fraction(q, "q", allow_zero=False)
+    x = _as_float(x)  # [B, T]
+    threshold = _masked_quantile(x, mask, q)  # [B, 1]
+    return mask & torch.isfinite(x) & (x <= threshold)  # [B, T]
+
+
+def select_q(x: torch.Tensor, mask: torch.Tensor, q: float, select: str = "top") -> torch.Tensor:
+    """:func:`top_q` for ``select="top"``, :func:`bottom_q` for ``"bottom"``. bool [B, T]."""
+    if select == "top":
+        return top_q(x, mask, q)
+    if select == "bottom":
+        return bottom_q(x, mask, q)
+    raise ValueError(f"select={select!r} is not one of 'top', 'bottom'")
 
 
 def dominated_anchors(
@@ -222,26 +251,29 @@ def select_tokens(
 
     Keys: ``preplan`` (T_loc = TopQ(Δ, q)), ``anchor`` (T_glob = TopQ(FAI, q)), ``dominated`` (D)
     and ``intro`` (I(D)). ``with_preplan=False`` skips T_loc (the coupled strategy does not use it).
-    Δ's two quantiles (1 − q for T_loc and the dominated threshold) come from one sort.
+    Δ's two quantiles (1 − q for T_loc and the dominated threshold) come from one sort. With
+    ``config.select == "bottom"`` T_loc and T_glob are BottomQ instead (q for T_loc's quantile).
     """
     if config is None:
-        from rlattn.credit.registry import CreditConfig
+        from rlattn.credit.config import CreditConfig
 
         config = CreditConfig()
     _check_pair(waad, mask, "waad")
     _check_pair(fai, mask, "fai")
     w = _as_float(waad)  # [B, T]
     delta = waad_deltas(w, mask)  # [B, T]
-    qs = [config.dominated_delta_quantile] + ([1.0 - config.quantile] if with_preplan else [])
+    bottom = config.select == "bottom"
+    qs = [config.dominated_delta_quantile] + ([config.quantile if bottom else 1.0 - config.quantile] if with_preplan else [])
     delta_thr = _masked_quantile(delta, mask, qs)  # [Q, B, 1]
-    anchor = top_q(fai, mask, config.quantile)  # [B, T]
+    anchor = select_q(fai, mask, config.quantile, config.select)  # [B, T]
     best, offset = _window_argmax(delta, mask, config.k)  # [B, T], [B, T]
     waad_thr = _masked_quantile(w, mask, config.dominated_waad_quantile)  # [B, 1]
     dominated = _dominated(w, best, anchor, mask, waad_thr, delta_thr[0])  # [B, T]
     intro = _intro_from_offsets(dominated, offset, config.k)  # [B, T]
     out = {"anchor": anchor, "dominated": dominated, "intro": intro}
     if with_preplan:
-        out["preplan"] = mask & torch.isfinite(delta) & (delta >= delta_thr[1])  # [B, T]
+        beyond = (delta <= delta_thr[1]) if bottom else (delta >= delta_thr[1])  # [B, T]
+        out["preplan"] = mask & torch.isfinite(delta) & beyond  # [B, T]
     return {key: out[key] for key in SELECTION_KEYS if key in out}
 
 

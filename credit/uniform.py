@@ -3,7 +3,7 @@
 Idea. No attention credit: the sequence's group-normalised advantage A reaches every response
 token unchanged, exactly as in TRL's GRPOTrainer.
 
-Formula. γ[t] = 1 for all t, so Ã[t] = γ[t]·A = A (credit-spec.md §6).
+Formula. γ[t] = 1 for all t, so Ã[t] = γ[t]·A = A (docs/credit.md).
 
 Reference. Li et al., "Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables
 Fine-Grained Policy Optimization", arXiv 2510.13554 — the "GRPO" rows of its tables.
@@ -21,7 +21,7 @@ from rlattn.credit.registry import CreditConfig, register_credit
 __all__ = ["uniform"]
 
 
-@register_credit("uniform")
+@register_credit("uniform", needs=("identity",))
 def uniform(
     waad: torch.Tensor,
     fai: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Token selection (credit-spec.md §5) on hand-built tensors with hand-computed expectations."""
+"""Token selection (docs/credit.md) on hand-built tensors with hand-computed expectations."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from rlattn.credit.registry import CreditConfig
 from rlattn.credit.selection import (
     SELECTION_KEYS,
     amplify,
+    bottom_q,
     dominated_anchors,
     intro_tokens,
+    select_q,
     select_tokens,
     top_q,
     waad_deltas,
@@ -346,3 +348,53 @@ def test_amplify():
     sel = torch.tensor([[True, False]])
     out = amplify(sel, 1.5)
     assert out.dtype == torch.float32 and out.tolist() == [[1.5, 1.0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype independence and bottom selection
+# ---------------------------------------------------------------------------------------------
+def test_selection_does_not_depend_on_the_input_dtype_at_51_tokens():
+    # Values 0..50 in a shuffled order. quantile(0.6) over 51 values sits exactly on rank 30, i.e.
+    # on the value 30, so TopQ(0.4) = {30, ..., 50}: 21 tokens. In float32 torch.quantile puts the
+    # rank at 30.0000019 and would drop the token holding 30.
+    values = torch.randperm(51, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(1, 51, dtype=torch.bool)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = values.to(dtype)[None]  # [1, 51]
+        chosen = top_q(x, mask, 0.4)[0]
+        assert sorted(values[chosen].tolist()) == list(range(30, 51)), dtype
+    fai = values.float()[None]
+    waad = values.float()[None].cumsum(1) % 7
+    for key, a, b in [(k, v32, v64) for k, v32, v64 in zip(
+            SELECTION_KEYS, select_tokens(waad, fai, mask).values(), select_tokens(waad.double(), fai.double(), mask).values())]:
+        assert torch.equal(a, b), key
+
+
+def test_bottom_q_selects_the_low_band_and_mirrors_top_q():
+    # R = columns 1..5 with x = 5, 1, 4, 2, 3 (column 0 is prompt, 6 padding).
+    # quantile(x, 0.4) over {1,2,3,4,5}: rank 0.4·4 = 1.6 → 2 + 0.6·(3 − 2) = 2.6 → {1, 2} at columns 2, 4.
+    # TopQ(0.4): quantile(0.6) = 3.4 → {4, 5} at columns 1, 3.
+    x = torch.tensor([[9.0, 5, 1, 4, 2, 3, -9]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    assert positions(bottom_q(x, mask, 0.4)[0]) == [2, 4]
+    assert positions(select_q(x, mask, 0.4, "bottom")[0]) == [2, 4]
+    assert positions(select_q(x, mask, 0.4, "top")[0]) == [1, 3]
+    # the bottom band of x is the top band of −x
+    assert torch.equal(bottom_q(x, mask, 0.4), top_q(-x, mask, 0.4))
+    with pytest.raises(ValueError, match="select='middle'"):
+        select_q(x, mask, 0.4, "middle")
+
+
+def test_select_tokens_bottom_takes_the_low_end_of_fai_and_delta():
+    # Same row as above as FAI; WAAD 0, 2, 7, 3, 3, 10 on R gives Δ = 5, 4, 0, 7, 0 (last) on 1..5.
+    fai = torch.tensor([[NAN, 5, 1, 4, 2, 3, NAN]])
+    waad = torch.tensor([[0.0, 2, 7, 3, 3, 10, 0]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    top = select_tokens(waad, fai, mask, CreditConfig())
+    bottom = select_tokens(waad, fai, mask, CreditConfig(select="bottom"))
+    assert positions(top["anchor"][0]) == [1, 3] and positions(bottom["anchor"][0]) == [2, 4]
+    # Δ over R = 5, 4, 0, 7, 0: quantile(0.6) = 4.4 → top {5, 7} at 1, 4; quantile(0.4) = 0.8 → bottom {0, 0} at 3, 5
+    assert positions(top["preplan"][0]) == [1, 4]
+    assert positions(bottom["preplan"][0]) == [3, 5]
+    with pytest.raises(ValueError, match="CreditConfig.select='middle'"):
+        CreditConfig(select="middle")

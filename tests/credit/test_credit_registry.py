@@ -326,3 +326,56 @@ def test_credit_fn_keyword_call_matches_the_spec_signature():
     waad, fai, mask = small_inputs()
     gamma = get_credit_fn("coupled")(waad=waad, fai=fai, mask=mask, entropies=None, config=CreditConfig())
     assert gamma.dtype == torch.float32 and gamma.shape == (1, 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Declared needs
+# ---------------------------------------------------------------------------------------------
+def test_builtins_declare_what_they_need():
+    from rlattn.credit.registry import strategy_needs
+
+    assert strategy_needs("uniform") == {"identity"}
+    assert strategy_needs("random") == {"reseed"}
+    assert strategy_needs("high_entropy") == {"entropies"}
+    for name in ("coupled", "local_chunk", "global_anchor"):
+        assert strategy_needs(name) == {"attention"}
+
+
+def test_user_strategies_declare_needs_default_attention(scratch_names, tmp_path, monkeypatch):
+    from rlattn.credit.registry import strategy_needs
+
+    @register_credit("test_needs_default")
+    def plain(waad, fai, mask, entropies=None, config=None):
+        return torch.ones_like(waad)
+
+    @register_credit("test_needs_entropy", needs=("entropies", "reseed"))
+    def ent(waad, fai, mask, entropies=None, config=None):
+        return torch.ones_like(waad)
+
+    scratch_names += ["test_needs_default", "test_needs_entropy"]
+    assert strategy_needs("test_needs_default") == {"attention"}  # what every strategy got before
+    assert strategy_needs("test_needs_entropy") == {"entropies", "reseed"}
+    with pytest.raises(ValueError, match=r"needs=\['attn'\] has \['attn'\]; allowed: attention, entropies, reseed, identity"):
+        register_credit("test_needs_bad", needs=("attn",))
+    assert "test_needs_bad" not in CREDIT_REGISTRY
+
+    pkg = tmp_path / "rlattn_test_needs_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent(
+        """
+        import torch
+        from rlattn.credit import credit_needs
+
+        def undeclared(waad, fai, mask, entropies=None, config=None):
+            return torch.ones_like(waad)
+
+        @credit_needs("entropies")
+        def declared(waad, fai, mask, entropies=None, config=None):
+            return torch.ones_like(waad)
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert strategy_needs("rlattn_test_needs_pkg:undeclared") == {"attention"}
+        assert strategy_needs("rlattn_test_needs_pkg:declared") == {"entropies"}
+    finally:
+        sys.modules.pop("rlattn_test_needs_pkg", None)
