@@ -1,10 +1,9 @@
 """Attention of chosen query rows, averaged over layers and heads, with attention sinks removed.
 
-Why: two consumers need "where does this position look" as one distribution over key columns:
-rlattn.backbones' ``TokenSelector`` (CoCoVa-style re-selection of the prompt/image states a latent
-reads) and the typed credit diagnostics (how much the completion attends to latent and image
-columns). Both read post-RoPE q/k captured by :mod:`rlattn.credit.capture`, so selection and
-credit use one definition and cannot drift apart.
+Why: "where does this position look", as one distribution over key columns, serves more than one
+reader: a policy that re-selects the states it reads by attention, and typed attention diagnostics
+(how much the completion attends to columns of a given kind). Both read post-RoPE q/k captured by
+:mod:`rlattn.credit.capture`, so selection and credit use one definition and cannot drift apart.
 
 Sinks (arXiv 2410.10781): the first real token of a sequence soaks up attention as a
 non-informative key bias. :func:`sink_mask` marks the first ``num_sinks`` real columns of each

@@ -1,4 +1,4 @@
-"""Exact, streaming attention statistics: head spans, WAAD and FAI (credit-spec §1-4).
+"""Exact, streaming attention statistics: head spans, WAAD and FAI (docs/credit.md).
 
 Idea. The paper (Li et al., arXiv 2510.13554) reads two signals off the policy's attention:
 - WAAD[t] = Σ_{s≤t} Ā_loc[t,s]·min(t−s, W): how far back locally-focused heads look from token t
@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .capture import num_hidden_layers, run_captured
+import time
+
+from .capture import attention_modules, num_hidden_layers, run_captured, unwrap_model
 
 HEAD_SELECTIONS = ("sequence", "batch", "fixed")
 
@@ -45,7 +47,7 @@ def default_layers(num_layers_total: int, count: int = 5) -> list[int]:
 
 @dataclass
 class AttentionStatsConfig:
-    """Which layers/heads to read and how to reduce them (credit-spec §1-4, §8).
+    """Which layers/heads to read and how to reduce them (docs/credit.md).
 
     Fields marked [ours] are choices the paper leaves open.
     """
@@ -102,7 +104,7 @@ class AttentionStatsConfig:
 
 @dataclass
 class AttentionStats:
-    """Per-token and per-head statistics for a batch (credit-spec §8)."""
+    """Per-token and per-head statistics for a batch (docs/credit.md)."""
 
     waad: torch.Tensor  # float32 [B, N]; 0 outside the response
     fai: torch.Tensor  # float32 [B, N]; NaN where undefined
@@ -261,10 +263,97 @@ def horizon_counts(response_mask: torch.Tensor, h_lo: int, h_hi: int) -> torch.T
     return torch.where(valid[None], counts, 0.0)
 
 
+class StatsAccumulator:
+    """Reduces the captured q/k of one forward, or of consecutive chunks of rows of one batch (TRL's
+    micro-batched passes call the model once per chunk), into :class:`AttentionStats` for all rows.
+
+    ``attention_mask`` and ``response_mask`` are bool [B, N] for the whole batch; a chunk begins at
+    every capture of the first selected layer and takes the next ``q.shape[0]`` rows. ``callback``
+    is the capture callback; ``callback_with(observer)`` also calls ``observer(rows, layer, q, k,
+    scaling)`` with the chunk's row slice. ``reduce_time`` is the time spent reducing (seconds).
+    """
+
+    def __init__(self, cfg: AttentionStatsConfig, layers: list[int], attention_mask, response_mask):
+        self.cfg, self.layers = cfg, list(layers)
+        self.am, self.resp = attention_mask.bool(), response_mask.bool()  # [B, N]
+        self.parts: list[tuple[int, int, _LayerReducer]] = []  # (first row, rows, reducer)
+        self.rows_seen = 0
+        self.reduce_time = 0.0
+
+    def _chunk(self, layer: int, q: torch.Tensor):
+        if layer == self.layers[0] or not self.parts:  # a new chunk of rows begins
+            b0, rows = self.rows_seen, q.shape[0]
+            if b0 + rows > self.am.shape[0]:
+                raise ValueError(f"captured {b0 + rows} rows for a batch of {self.am.shape[0]}")
+            reducer = _LayerReducer(self.am[b0 : b0 + rows], self.resp[b0 : b0 + rows], self.cfg, len(self.layers))
+            self.parts.append((b0, rows, reducer))
+            self.rows_seen += rows
+        return self.parts[-1]
+
+    def callback(self, layer: int, q: torch.Tensor, k: torch.Tensor, scaling: float) -> None:
+        t0 = time.perf_counter()
+        self._chunk(layer, q)[2](layer, q, k, scaling)
+        self.reduce_time += time.perf_counter() - t0
+
+    def callback_with(self, observer):
+        def callback(layer, q, k, scaling):
+            self.callback(layer, q, k, scaling)
+            b0, rows, _ = self.parts[-1]
+            observer(slice(b0, b0 + rows), layer, q, k, scaling)
+
+        return callback
+
+    def result(self) -> AttentionStats:
+        if self.rows_seen != self.am.shape[0]:
+            raise ValueError(f"the statistics pass captured {self.rows_seen} of {self.am.shape[0]} rows")
+        merged = self.parts[0][2]
+        if len(self.parts) > 1:
+            merged.span_sum = torch.cat([r.span_sum for _, _, r in self.parts])
+            merged.waad_h = torch.cat([r.waad_h for _, _, r in self.parts])
+            merged.fai_h = torch.cat([r.fai_h for _, _, r in self.parts])
+        return finalize_stats(merged, self.layers, self.am, self.resp, self.cfg)
+
+
+def check_attention_features(model, layers: list[int], max_length: int | None = None) -> None:
+    """Refuse, before training, attention that is not plain causal softmax on the selected layers.
+
+    Logit soft-capping and attention sinks always change the softmax; a sliding window changes it
+    only for sequences longer than the window, so it is accepted when ``max_length`` (the longest
+    prompt plus ``max_completion_length``) fits inside it. With ``max_length`` unknown the check is
+    left to the capture, which refuses a longer sequence when it sees one.
+    """
+    config = unwrap_model(model).config
+    config = getattr(config, "text_config", None) or config
+    where = f"{type(unwrap_model(model)).__name__} layers {layers}"
+    softcap = getattr(config, "attn_logit_softcapping", None)
+    if softcap is not None:
+        raise ValueError(f"{where} use logit soft-capping (attn_logit_softcapping={softcap}); rlattn's attention statistics "
+                         "support plain causal softmax attention only. Use credit_strategy uniform, random or high_entropy "
+                         "with this model, or a model without soft-capping.")
+    modules = attention_modules(model)
+    if any(getattr(modules[l][1], "sinks", None) is not None for l in layers if l in modules):
+        raise ValueError(f"{where} use attention sinks (learned per-head sink logits); rlattn's attention statistics support "
+                         "plain causal softmax attention only. Use credit_strategy uniform, random or high_entropy with this model.")
+    window = getattr(config, "sliding_window", None)
+    if window is None:
+        return
+    types = getattr(config, "layer_types", None)
+    sliding = [l for l in layers if (types[l] == "sliding_attention" if types else getattr(config, "use_sliding_window", True))]
+    if not sliding or (max_length is not None and max_length <= window):
+        return
+    if max_length is None:
+        return  # the capture refuses a sequence longer than the window when it sees one
+    raise ValueError(f"{type(unwrap_model(model)).__name__} layers {sliding} use sliding-window attention (sliding_window="
+                     f"{window}) and sequences here reach {max_length} tokens (longest prompt + max_completion_length): the "
+                     "window would change the attention statistics. Choose attn_layers among the full-attention layers "
+                     f"({[l for l in range(len(types)) if types[l] != 'sliding_attention'] if types else 'none'}), keep "
+                     "sequences within the window, or use credit_strategy uniform, random or high_entropy.")
+
+
 @torch.no_grad()
 def compute_attention_stats(model, input_ids, attention_mask, response_mask, config: AttentionStatsConfig | None = None,
                             observer=None, **forward_kwargs) -> AttentionStats:
-    """WAAD, FAI and head spans of ``model`` on prompt ⊕ response sequences (credit-spec §1-4).
+    """WAAD, FAI and head spans of ``model`` on prompt ⊕ response sequences (docs/credit.md).
 
     input_ids, attention_mask, response_mask: [B, N] (left-padded prompts and right-padded
     responses are fine; padding never in between). Runs one forward of ``model`` (PEFT and
@@ -278,20 +367,20 @@ def compute_attention_stats(model, input_ids, attention_mask, response_mask, con
     am, rm = _check_inputs(input_ids, attention_mask, response_mask)
     total = num_hidden_layers(model)
     layers = cfg.resolve_layers(total)
-    reducer = _LayerReducer(am, rm, cfg, len(layers))
+    acc = StatsAccumulator(cfg, layers, am, rm)
     was_training = model.training
     model.eval()
     try:
-        callback = reducer
+        callback = acc.callback
         if observer is not None:
             def callback(layer, q, k, scaling):
-                reducer(layer, q, k, scaling)
+                acc.callback(layer, q, k, scaling)
                 observer(layer, q, k, scaling)
         run_captured(model, layers, callback, input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False,
                      **forward_kwargs)
     finally:
         model.train(was_training)
-    return finalize_stats(reducer, layers, am, rm, cfg)
+    return acc.result()
 
 
 def finalize_stats(reducer: _LayerReducer, layers, am, rm, cfg: AttentionStatsConfig) -> AttentionStats:

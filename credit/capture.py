@@ -13,7 +13,11 @@ layers, the final norm, the LM head and the logits are never computed.
 
 The interception is installed for the duration of a ``with`` block by putting a wrapper into the
 registry's per-instance mapping under the model's current implementation name, and restoring the
-previous entry afterwards. Models whose selected layers never call the registry (e.g. a non-softmax
+previous entry afterwards. Captures nest: the innermost open capture owns every attention call made
+while it is open and falls back to the real attention function, never to an outer capture. So a
+model that runs internal passes of its own before its main one (a wrapper that selects the
+states it reads by attention) opens its own capture around them, and an outer capture (the trainer's
+statistics) sees only the main pass. Models whose selected layers never call the registry (e.g. a non-softmax
 or custom attention layer) get a clear error naming the layer.
 """
 
@@ -33,24 +37,6 @@ _UNSUPPORTED_KWARGS = {
     "sliding_window": "sliding-window attention",
     "s_aux": "attention sinks",
 }
-
-
-_PAUSED = [0]  # depth of capture_paused(); a capture fires only at the depth it was opened at
-
-
-@contextmanager
-def capture_paused() -> Iterator[None]:
-    """Within the block, captures opened outside it ignore attention calls (no callback, no stop).
-
-    For models that run extra internal passes before their main one (e.g. rlattn.backbones'
-    LatentPolicy computing its latents): statistics must see only the main pass. A capture opened
-    inside the block (the model's own, for its internal pass) works as usual.
-    """
-    _PAUSED[0] += 1
-    try:
-        yield
-    finally:
-        _PAUSED[0] -= 1
 
 
 class StopForward(Exception):
@@ -118,11 +104,12 @@ def capture_qk(model: torch.nn.Module, layers: list[int], callback: QKCallback, 
     registry = _registry()
     previous_local = registry._local_mapping.get(impl)
     captured: set = set()
-    depth = _PAUSED[0]
+    # the real attention function under any capture that is open already (innermost capture wins)
+    underlying = getattr(previous_local, "_rlattn_underlying", previous_local)
 
     def fallback(module):
-        if previous_local is not None:
-            return previous_local
+        if underlying is not None:
+            return underlying
         if impl in registry._global_mapping:
             return registry._global_mapping[impl]
         eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
@@ -131,9 +118,11 @@ def capture_qk(model: torch.nn.Module, layers: list[int], callback: QKCallback, 
         return eager
 
     def wrapper(module, query, key, value, attention_mask, *args, **kwargs):
-        layer = targets.get(id(module)) if _PAUSED[0] == depth else None
+        layer = targets.get(id(module))
         if layer is not None:
             for kw, what in _UNSUPPORTED_KWARGS.items():
+                if kw == "sliding_window" and kwargs.get(kw) is not None and query.shape[2] <= kwargs[kw]:
+                    continue  # every sequence fits inside the window: plain causal softmax
                 if kwargs.get(kw) is not None:
                     raise ValueError(
                         f"layer {layer} ({modules[layer][0]}) uses {what} ({kw}={kwargs[kw]!r}); "
@@ -148,6 +137,7 @@ def capture_qk(model: torch.nn.Module, layers: list[int], callback: QKCallback, 
                 raise StopForward
         return fallback(module)(module, query, key, value, attention_mask, *args, **kwargs)
 
+    wrapper._rlattn_underlying = underlying
     registry[impl] = wrapper
     try:
         yield captured

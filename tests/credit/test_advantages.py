@@ -1,4 +1,4 @@
-"""apply_credit: token advantages Ã = γ·A with the sign option (credit-spec.md §7)."""
+"""apply_credit: token advantages Ã = γ·A with the sign option (docs/credit.md)."""
 
 from __future__ import annotations
 

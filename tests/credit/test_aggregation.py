@@ -1,5 +1,5 @@
 """attention_rows / sink_mask / drop_columns against a naive softmax and hand-computed masks,
-and capture_paused (captures opened outside the block ignore the model's internal passes)."""
+and nested captures (the innermost capture owns a pass: outer captures ignore a model's internal passes)."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlattn.credit.aggregation import attention_rows, drop_columns, sink_mask
-from rlattn.credit.capture import capture_paused, capture_qk, run_captured
+from rlattn.credit.capture import capture_qk, run_captured
 from rlattn.testing import tiny_model
 
 
@@ -43,16 +43,16 @@ def test_sink_mask_and_drop_columns_by_hand():
     assert drop_columns(w, sink_mask(key_mask[:1], 1), renormalise=False).tolist() == [[[0.0, 0.0, 0.0, 0.25, 0.25]]]
 
 
-def test_capture_paused_hides_inner_passes_from_outer_captures():
+def test_inner_captures_hide_inner_passes_from_outer_captures():
     model, tok = tiny_model("llama", num_layers=2)
     ids = torch.tensor([[5, 6, 7, 8]])
     outer, inner = [], []
     with capture_qk(model, [0, 1], lambda l, q, k, s: outer.append(l), stop_after_last=False):
-        with capture_paused():
-            with capture_qk(model, [1], lambda l, q, k, s: inner.append(l), stop_after_last=False):
-                model(ids)  # an internal pass: only the capture opened inside the pause sees it
+        with capture_qk(model, [1], lambda l, q, k, s: inner.append(l), stop_after_last=False):
+            model(ids)  # an internal pass: only the innermost capture sees it (layer 0 goes to neither)
         model(ids)  # the main pass
     assert inner == [1] and outer == [0, 1]
     seen = []
     run_captured(model, [0], lambda l, q, k, s: seen.append(l), input_ids=ids)  # nothing left paused
     assert seen == [0]
+    assert outer == [0, 1]  # the outer capture was restored intact

@@ -1,7 +1,7 @@
 """Exactness of the streaming attention statistics against a naive full-map reference.
 
 The reference takes the eager model's ``output_attentions`` maps (all N×N, every head) and applies
-credit-spec §2-4 literally with Python loops. Tolerance: 1e-4 absolute, fp32.
+docs/credit.md literally with Python loops. Tolerance: 1e-4 absolute, fp32.
 """
 
 import math

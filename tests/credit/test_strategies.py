@@ -1,4 +1,4 @@
-"""The built-in credit strategies (credit-spec.md §6) on hand-built tensors."""
+"""The built-in credit strategies (docs/credit.md) on hand-built tensors."""
 
 from __future__ import annotations
 
