@@ -1,6 +1,6 @@
 """``exact``: 1.0 when the completion's short answer equals ``solution`` as a string.
 
-Why: the synthetic backbone tasks (``synthetic_quadrant``: ``tl``/``tr``/``bl``/``br``;
+Why: the synthetic toy tasks (``synthetic_quadrant``: ``tl``/``tr``/``bl``/``br``;
 ``synthetic_key_lookup``: one digit) have one-word answers that need no math grader, and a tiny
 model will rarely box its answer, so the first word of the completion counts too.
 

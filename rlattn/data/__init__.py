@@ -4,6 +4,8 @@
     train = load_dataset("gsm8k", split="train")            # bundled, offline
     bench = load_dataset("math500", template="plain")       # plain-text prompts for base models
     cd = load_dataset("countdown", split="train")           # 20,000 generated puzzles (seed 0)
+    ar = load_dataset("arith", split="test")                # 600 held-out graded word problems
+    toy = load_dataset("synthetic_quadrant", limit=64)      # the toy image task (rlattn.data.synthetic)
     mine = load_dataset("problems.jsonl", answer_field="final")
 
 See ``BUNDLED_DATASETS`` for the names and row counts, ``PROMPT_TEMPLATES`` for the templates,
@@ -12,7 +14,7 @@ See ``BUNDLED_DATASETS`` for the names and row counts, ``PROMPT_TEMPLATES`` for 
 
 from .bundled import BUNDLED_DATASETS, BundledDataset
 from .countdown import COUNTDOWN_SPLITS, generate_countdown, verify_countdown_equation
-from .loader import known_dataset_names, load_dataset
+from .loader import is_seeded, known_dataset_names, load_dataset
 from .templates import (
     PROMPT_TEMPLATES,
     R1_SYSTEM_PROMPT,
@@ -30,6 +32,7 @@ __all__ = [
     "SYSTEM_PROMPT",
     "generate_countdown",
     "get_template",
+    "is_seeded",
     "known_dataset_names",
     "load_dataset",
     "register_template",

@@ -66,6 +66,10 @@ BUNDLED_DATASETS: dict[str, BundledDataset] = {
                        "Countdown, generated (seed 0, 3-4 numbers; rlattn.data.countdown)"),
         BundledDataset("countdown_test", "countdown", "test", 512,
                        "Countdown, generated (seed 1, 3-4 numbers; rlattn.data.countdown)"),
+        BundledDataset("arith_train", "arith", "train", 4000,
+                       "Graded arithmetic word problems, 1-3 steps, generated (seed 0; rlattn.data.arithmetic)"),
+        BundledDataset("arith_test", "arith", "test", 600,
+                       "Graded arithmetic word problems, held out (seed 1, disjoint texts; rlattn.data.arithmetic)"),
     )
 }
 

@@ -29,11 +29,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import datasets as hf_datasets
 
+from . import arithmetic as _arith
 from . import countdown as _countdown
 from .bundled import BUNDLED_DATASETS, BundledDataset, family_splits, open_bundled
 from .templates import PromptTemplate, get_template
 
-__all__ = ["load_dataset", "known_dataset_names"]
+__all__ = ["is_seeded", "load_dataset", "known_dataset_names"]
 
 #: Keyword arguments ``load_dataset`` forwards to the Countdown generator.
 COUNTDOWN_OPTIONS = ("num_numbers", "min_number", "max_number", "max_target")
@@ -42,10 +43,16 @@ COUNTDOWN_OPTIONS = ("num_numbers", "min_number", "max_number", "max_target")
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
+def is_seeded(name: str) -> bool:
+    """Whether ``name`` is drawn from a seed with no fixed split (the toy tasks of
+    :mod:`rlattn.data.synthetic`): ``load_dataset(name, limit=n, seed=s)`` gives its first n rows."""
+    return isinstance(name, str) and name in _synthetic_names()
+
+
 def known_dataset_names() -> list[str]:
     """Every bundled name: the flat names plus the family names used with ``split=``."""
     families = {d.family for d in BUNDLED_DATASETS.values()}
-    return sorted(set(BUNDLED_DATASETS) | families)
+    return sorted(set(BUNDLED_DATASETS) | families | set(_synthetic_names()))
 
 
 def load_dataset(
@@ -61,6 +68,7 @@ def load_dataset(
     filter_fn: Callable[[dict[str, Any]], bool] | None = None,
     hub_config: str | None = None,
     n: int | None = None,
+    steps: Iterable[int] | None = None,
     **countdown_kwargs: Any,
 ) -> hf_datasets.Dataset:
     """Load a dataset as ``id`` / ``prompt`` / ``problem`` / ``solution`` (+ extra) columns.
@@ -70,6 +78,11 @@ def load_dataset(
             - a bundled name (``rlattn.data.BUNDLED_DATASETS``): flat (``"gsm8k_test"``,
               ``"math500"``, ...) or a family with ``split`` (``"gsm8k"`` + ``"test"``);
             - ``"countdown"`` (+ ``split="train"|"test"``, or ``n=`` / ``seed=``), generated;
+            - ``"arith"`` (+ ``split="train"|"test"``, flat ``arith_train`` / ``arith_test``), graded
+              arithmetic word problems, generated (:mod:`rlattn.data.arithmetic`; ``steps=`` keeps
+              only problems of those step counts, ``n=`` / ``seed=`` as for Countdown);
+            - ``"synthetic_quadrant"`` / ``"synthetic_key_lookup"``: the toy tasks of
+              :mod:`rlattn.data.synthetic` (``n=`` rows, default ``limit`` or 512; ``seed=``);
             - a local file ending in ``.jsonl``, ``.jsonl.gz``, ``.json``, ``.json.gz`` or
               ``.parquet`` (a JSON file holds a list of objects, or one object per line);
             - a hub dataset id ``"org/name"`` (or a local directory), read with
@@ -111,6 +124,18 @@ def load_dataset(
         )
 
     name = os.fspath(name_or_path)
+    if name in _synthetic_names():
+        return _synthetic(name, split, n, limit, seed, steps, countdown_kwargs)
+    arith_split = _resolve_arith(name, split)
+    if arith_split is not False:
+        if countdown_kwargs or any(v is not None for v in (problem_field, answer_field, hub_config)):
+            raise ValueError(f"{name!r} takes split=, n=, seed=, steps=, limit=, levels=, filter_fn= only")
+        label = name if split is None else f"{name} (split {split!r})"
+        rows = _arith_rows(arith_split, n, seed, limit, filter_fn, steps)
+        rows = _filter(rows, label, level_set, filter_fn)
+        return _to_dataset(rows[:limit] if limit is not None else rows, build_prompt, label)
+    if steps is not None:
+        raise ValueError(f"steps= applies only to 'arith', not to {name!r}")
     countdown_split = _resolve_countdown(name, split)
     if countdown_split is not False:
         for flag, value in (("problem_field", problem_field), ("answer_field", answer_field),
@@ -162,6 +187,53 @@ def _resolve_countdown(name: str, split: str | None):
             raise _unknown_split(name, split, [info.split])
         return info.split
     return False
+
+
+def _resolve_arith(name: str, split: str | None):
+    """The arithmetic split name (or None for ``n=``-only use), or False if not ``arith``."""
+    if name == "arith":
+        if split is not None and split not in _arith.ARITHMETIC_SPLITS:
+            raise _unknown_split(name, split, _arith.ARITHMETIC_SPLITS)
+        return split
+    info = BUNDLED_DATASETS.get(name)
+    if info is not None and info.family == "arith":
+        if split is not None and split != info.split:
+            raise _unknown_split(name, split, [info.split])
+        return info.split
+    return False
+
+
+def _arith_rows(split, n, seed, limit, filter_fn, steps) -> list[dict]:
+    preset = _arith.ARITHMETIC_SPLITS.get(split) if split else None
+    if preset is None and (n is None or seed is None):
+        raise ValueError("'arith' needs split= one of "
+                         f"{', '.join(repr(s) for s in _arith.ARITHMETIC_SPLITS)}, or both n= and seed=")
+    count = n if n is not None else preset.n
+    gen_seed = seed if seed is not None else preset.seed
+    if limit is not None and filter_fn is None:
+        count = min(count, limit)  # rows are generated in sequence: a prefix is the same rows
+    rows = []
+    for row in _arith.iter_word_problems(count, gen_seed, partition=split, steps=tuple(steps) if steps else (1, 2, 3)):
+        row = dict(row)
+        row["solution"] = row.pop("answer")
+        rows.append(row)
+    return rows
+
+
+def _synthetic_names() -> tuple[str, ...]:
+    from .synthetic import SYNTHETIC_DATASETS
+
+    return tuple(SYNTHETIC_DATASETS)
+
+
+def _synthetic(name, split, n, limit, seed, steps, options) -> hf_datasets.Dataset:
+    """The toy tasks build their own prompts (the quadrant task's carry an image part)."""
+    from .synthetic import load_synthetic
+
+    if split is not None or steps is not None:
+        raise ValueError(f"{name!r} is generated from n= and seed=; split= and steps= do not apply")
+    count = n if n is not None else (limit if limit is not None else 512)
+    return load_synthetic(name, n=min(count, limit) if limit is not None else count, seed=seed or 0, **options)
 
 
 def _resolve_bundled(name: str, split: str | None) -> BundledDataset | None:

@@ -14,6 +14,7 @@ Every built-in template asks for the final answer inside ``\\boxed{}``, so one a
 | ``chat`` | messages | the paper's system prompt (:data:`SYSTEM_PROMPT`) + the problem as the user turn |
 | ``plain`` | string | ``"{SYSTEM_PROMPT}\\n\\nQuestion: {problem}\\nAnswer:"`` for base models |
 | ``r1`` | messages | DeepSeek-R1-Zero style ``<think>``/``<answer>`` system prompt + the problem |
+| ``chat_example`` | messages | ``chat`` plus one worked example as a first user/assistant exchange (:data:`WORKED_EXAMPLE`): small chat models copy its shape, a short derivation ending in a filled ``\boxed{}`` |
 
 Add one with :func:`register_template`; a dotted path ``"pkg.module:fn"`` passed as the template
 name is the escape hatch for templates that live outside rlattn.
@@ -38,6 +39,12 @@ R1_SYSTEM_PROMPT = (
     "<think> </think> and <answer> </answer> tags, respectively, i.e., "
     "<think> reasoning process here </think> <answer> answer here </answer>. "
     "Inside the <answer> tags, put the final answer within \\boxed{}."
+)
+
+#: The worked example of ``chat_example``: a two-step word problem, solved in one line per step.
+WORKED_EXAMPLE = (
+    "Anna has 4 bags of apples with 3 apples in each. Then she eats 2 apples. How many apples does Anna have now?",
+    "Anna has 4 * 3 = 12 apples. After eating 2, she has 12 - 2 = 10 apples. The answer is \\boxed{10}.",
 )
 
 #: name -> template function. Fill it through :func:`register_template`, never by assignment.
@@ -110,5 +117,19 @@ def r1_template(problem: str) -> list[dict[str, str]]:
     """R1-Zero-style ``<think>``/``<answer>`` system prompt, the problem as the user message."""
     return [
         {"role": "system", "content": R1_SYSTEM_PROMPT},
+        {"role": "user", "content": problem},
+    ]
+
+
+@register_template("chat_example")
+def chat_example_template(problem: str) -> list[dict[str, str]]:
+    """``chat`` with one worked example first. Why: the embedded 135M model answers the paper's
+    prompt with empty or missing boxes (format ~0 %); after one example ~85 % of its answers are a
+    short derivation ending in a filled box (docs/results.md), so a reward has something to grade."""
+    question, answer = WORKED_EXAMPLE
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
         {"role": "user", "content": problem},
     ]

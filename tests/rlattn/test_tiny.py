@@ -1,6 +1,6 @@
 """rlattn.testing: the in-code tokenizers of the tiny models."""
 
-from rlattn.backbones.data import QUADRANT_QUESTION, QUADRANTS
+from rlattn.data.synthetic import QUADRANT_QUESTION, QUADRANTS
 from rlattn.testing import byte_tokenizer, task_tokenizer, tiny_model
 
 

@@ -1,6 +1,6 @@
-"""Synthetic datasets for the CoCoVa-lite backbone: "where is the red square?" and key lookup.
+"""Synthetic toy tasks: "where is the red square?" (an image) and key lookup (text).
 
-Why: the latent backbone (docs/cocova-lite.md §2.6) needs tasks that a tiny, randomly
+Why: small policies (a latent backbone, docs/backbones.md; a tiny random LM) need tasks that a tiny, randomly
 initialised model can learn in a few dozen GRPO steps on a CPU, with answers that an exact-match
 reward checks, and (for the image task) a known target region, so patch credit can be scored as
 *grounding accuracy*: does the top patch lie in the quadrant that holds the square?
