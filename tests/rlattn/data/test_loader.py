@@ -322,7 +322,7 @@ def test_unknown_template_lists_valid_ones():
         load_dataset("aime24", template="chatml")
     msg = str(err.value)
     assert "unknown prompt template 'chatml'" in msg
-    assert "chat, plain, r1" in msg
+    assert "chat, chat_example, plain, r1" in msg
 
 
 def test_unknown_split():
