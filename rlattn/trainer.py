@@ -1,82 +1,112 @@
 """``AttnCreditGRPOTrainer``: TRL's GRPOTrainer with attention-credit token-level advantages.
 
-Plain GRPO gives every token of a response its sequence's group-normalised advantage A. Here, once
-per generation batch, right after TRL has generated and scored it, we read WAAD and FAI off the
-policy's own attention (the same weights that generated the batch), turn them into per-token
-weights γ with the configured strategy, and hand TRL (B, T) advantages Ã[t] = γ[t]·A (credit-spec
-§7). TRL's loss already accepts (B, T) advantages, so we subclass one hook,
-``_generate_and_score_completions``, and never fork the loss.
+Plain GRPO gives every token of a response its sequence's group-normalised advantage A. Here we
+read WAAD and FAI off the policy's own attention on the rollout weights, turn them into per-token
+weights γ with the configured strategy, and hand TRL (B, T) advantages Ã[t] = γ[t]·A
+(docs/credit.md §7). TRL's loss accepts (B, T) advantages, so we never fork it.
 
-Cost: when TRL runs its no-grad pass for old log-probs (num_iterations > 1, misaligned steps, or
-vLLM importance sampling), the statistics are captured inside that pass: no extra forward at all.
-Otherwise one early-exit pass runs the model only up to the last selected layer. ``uniform`` skips
-the statistics and reproduces TRL's loss exactly.
+Where the statistics come from (``credit/extra_forward`` is 0 or 1 per generation batch):
+
+- **fused** (TRL's default layout: ``num_iterations`` 1 and ``steps_per_generation`` dividing
+  ``gradient_accumulation_steps``): no optimizer step happens between generation and the loss
+  forwards of the batch, so each micro-batch's loss forward runs on the rollout weights. The
+  selected layers' q/k are captured in that forward (detached), γ is computed for the micro-batch
+  and ``inputs["advantages"]`` becomes (B, T) before TRL reads it. With gradient checkpointing the
+  recomputed forward runs outside the capture, so it is never read twice. No extra forward.
+- **piggyback** (TRL runs its no-grad old-log-prob pass: ``num_iterations`` > 1, misaligned steps,
+  vLLM importance sampling): the statistics are captured in that pass. No extra forward.
+- **extra** (only where neither holds: dropout active in the training forward, so its q/k differ
+  from the rollout policy's; ``credit_fused: false``; a subclass that turns fusion off): one pass
+  through TRL's own chunked forward that stops after the last selected layer.
+
+Every pass goes through TRL's ``_get_per_token_logps_and_entropies``, so it gets every model input
+TRL gives the policy (pixel values, image sizes and grids, multi-image prompts, pixel attention
+masks, token types), sliced per micro-batch by TRL's own code. Strategies declare what they need
+(``rlattn.credit.strategy_needs``): ``identity`` (uniform) returns TRL's own (B,) advantages
+untouched; strategies needing no pass (random) get γ at once; ``entropies`` (high_entropy) reads
+the entropies TRL computes in the loss forward, or asks the old-log-prob pass for them.
+
+Extension points for subclasses (plug-ins use them; the core never names a plug-in):
+``extend_rollout_batch(output)`` adds per-row tensors that travel with the batch;
+``credit_observer(output)`` returns a capture callback ``(rows, layer, q, k, scaling)`` that sees
+the statistics pass; ``on_credit(output, inputs, mode, observer)`` runs after γ is set;
+``_credit_forward(...)`` runs the extra pass; ``fuse_credit_into_loss`` (class attribute) allows
+the fused path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import time
+from types import SimpleNamespace
 
 import torch
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
-from rlattn.credit.attention_stats import (
-    _LayerReducer,
-    compute_attention_stats,
-    finalize_stats,
-)
-from rlattn.credit.capture import capture_qk, num_hidden_layers
+from rlattn.credit.attention_stats import StatsAccumulator, check_attention_features
+from rlattn.credit.capture import StopForward, capture_qk, num_hidden_layers
+from rlattn.credit.config import CreditConfig
+from rlattn.credit.registry import get_credit_fn, strategy_needs
 
 logger = logging.getLogger(__name__)
 
-# loss types whose math treats the advantage as a per-sequence quantity (trl-integration.md)
+# loss types whose math treats the advantage as a per-sequence quantity (docs/credit.md §7)
 _SEQUENCE_ONLY_LOSSES = ("vespo", "luspo")
+# what TRL's _compute_loss hands the policy besides ids and mask (grpo_trainer, TRL 1.16)
+MODEL_INPUT_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
+                    "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 
 
-class _Piggyback:
-    """Captures q/k during TRL's own no-grad old-log-prob pass and reduces them per sub-batch."""
+class _PassCapture:
+    """Arms the next policy forward made through ``_get_per_token_logps_and_entropies``: with
+    ``attention``, its selected layers' q/k feed a :class:`StatsAccumulator` (rows in TRL's chunk
+    order), built from that call's own ids and masks; with ``want_entropy`` it keeps the entropies."""
 
-    def __init__(self, stats_cfg, layers):
-        self.cfg = stats_cfg
-        self.layers = layers
-        self.parts = []  # (reducer, attention_mask, response_mask) per sub-batch
-        self.armed = True
+    def __init__(self, attention: bool, want_entropy: bool, stop_early: bool, observer=None, on_done=None):
+        self.attention = attention
+        self.stats = None  # StatsAccumulator, once the pass runs
+        self.want_entropy = want_entropy
+        self.stop_early = stop_early
+        self.observer = observer
+        self.on_done = on_done
+        self.entropies = None
+        self.ran = False
 
-    def reduce_call(self, model, input_ids, attention_mask, logits_to_keep, run):
-        P = input_ids.size(1) - logits_to_keep
-        resp = attention_mask.bool().clone()
-        resp[:, :P] = False
-        am = attention_mask.bool()
-        state = {}
 
-        def on_layer(layer, q, k, scaling):
-            if layer == self.layers[0] or "reducer" not in state:  # a new sub-batch begins
-                b0 = state.get("row", 0) + state.get("rows", 0)
-                rows = q.shape[0]
-                sub_resp = resp[b0 : b0 + rows]
-                reducer = _LayerReducer(am[b0 : b0 + rows], _nonempty(sub_resp), self.cfg, len(self.layers))
-                state.update(reducer=reducer, row=b0, rows=rows)
-                self.parts.append((reducer, am[b0 : b0 + rows], sub_resp))
-            state["reducer"](layer, q, k, scaling)
+class _EarlyExit:
+    """Calls the policy and turns the capture's StopForward into a stub output for TRL's loop
+    (log-probs and entropies of zeros that nobody reads)."""
 
-        with capture_qk(model, self.layers, on_layer, stop_after_last=False):
-            return run()
+    def __init__(self, model):
+        self.model = model
 
-    def result(self):
-        reducers = [p[0] for p in self.parts]
-        merged = reducers[0]
-        merged.span_sum = torch.cat([r.span_sum for r in reducers])
-        merged.waad_h = torch.cat([r.waad_h for r in reducers])
-        merged.fai_h = torch.cat([r.fai_h for r in reducers])
-        am = torch.cat([p[1] for p in self.parts])
-        rm = torch.cat([p[2] for p in self.parts])
-        return finalize_stats(merged, self.layers, am, _nonempty(rm), self.cfg)
+    def __call__(self, input_ids=None, **kwargs):
+        try:
+            return self.model(input_ids=input_ids, **kwargs)
+        except StopForward:
+            zeros = torch.zeros(input_ids.shape, device=input_ids.device)
+            return SimpleNamespace(log_probs=zeros, entropy=zeros, aux_loss=None)
+
+
+class _EpochSeededSampler(RepeatSampler):
+    """TRL's RepeatSampler, shuffled from ``seed + epoch`` instead of one generator drawn epoch after
+    epoch: a run resumed in a later epoch sees the data order an uninterrupted run sees (TRL's
+    sampler restarts its generator on resume, so every resumed epoch repeated epoch 0's order)."""
+
+    def __init__(self, *args, trainer=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._trainer = trainer
+
+    def __iter__(self):
+        if self.shuffle:
+            epoch = int(math.floor((self._trainer.state.epoch or 0.0) + 1e-6)) if self._trainer is not None else 0
+            self.generator.manual_seed((self.seed if self.seed is not None else 0) + 1_000_003 * epoch)
+        return super().__iter__()
 
 
 def _nonempty(resp: torch.Tensor) -> torch.Tensor:
@@ -91,6 +121,10 @@ def _nonempty(resp: torch.Tensor) -> torch.Tensor:
     return resp
 
 
+def _has_active_dropout(model) -> bool:
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
 class AttnCreditGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose advantages are reweighted per token by attention credit.
 
@@ -98,21 +132,20 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
     :class:`rlattn.config.AttnCreditConfig` (a plain GRPOConfig means ``uniform`` credit).
     """
 
-    def __init__(self, *args, **kwargs):
-        from rlattn.credit.registry import get_credit_fn
+    #: whether the statistics may ride on the loss forward (see the module docstring)
+    fuse_credit_into_loss = True
 
+    def __init__(self, *args, **kwargs):
         targs = kwargs.get("args") if "args" in kwargs else (args[2] if len(args) > 2 else None)
         if targs is not None and hasattr(targs, "credit_config"):
             self.credit_config = targs.credit_config()
             self.stats_config = targs.attention_stats_config()
         else:
-            from rlattn.credit.registry import CreditConfig
-
             self.credit_config = CreditConfig(strategy="uniform")
             self.stats_config = None
         self.credit_fn = get_credit_fn(self.credit_config.strategy)
-        self.credit_uniform = self.credit_config.strategy == "uniform"
-        if targs is not None and not self.credit_uniform:
+        self.credit_needs = strategy_needs(self.credit_config.strategy)
+        if targs is not None and "identity" not in self.credit_needs:
             if getattr(targs, "use_liger_kernel", False):
                 raise ValueError(
                     f"credit_strategy={self.credit_config.strategy!r} cannot be combined with use_liger_kernel=True: the "
@@ -124,15 +157,29 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                     f"credit (credit_strategy={self.credit_config.strategy!r}). Use loss_type grpo, dapo, dr_grpo, bnpo, cispo or sapo."
                 )
         super().__init__(*args, **kwargs)
-        self._piggyback: _Piggyback | None = None
-        self._loss_latents: torch.Tensor | None = None
+        self._pass_capture: _PassCapture | None = None
         self.last_credit: dict | None = None
         self._last_cycle_start: float | None = None
+        self._fused_batch: dict | None = None
+        self._warned: set[str] = set()
         self._credit_layers = None
-        if self.stats_config is not None:
+        if self.stats_config is not None and "attention" in self.credit_needs:
             self._credit_layers = self.stats_config.resolve_layers(num_hidden_layers(self.model))
+            check_attention_features(self.model, self._credit_layers, self._max_sequence_length())
 
-    # ---------------------------------------------------------------- TRL hooks
+    # ---------------------------------------------------------------- extension points
+
+    def extend_rollout_batch(self, output: dict) -> None:
+        """Add per-row tensors [B, ...] to a generation batch (TRL shuffles and splits them with it)."""
+
+    def credit_observer(self, output: dict):
+        """A capture callback ``(rows: slice, layer, q, k, scaling)`` to ride on the statistics pass, or None."""
+        return None
+
+    def on_credit(self, output: dict, inputs: list, mode: str, observer) -> None:
+        """Called once per generation batch after its γ is known (not on the fused path)."""
+
+    # ---------------------------------------------------------------- which path
 
     def _trl_runs_old_logp_pass(self) -> bool:
         """Mirror of TRL's condition for computing ``old_per_token_logps`` in the generation phase."""
@@ -141,160 +188,305 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             self.use_vllm and self.vllm_importance_sampling_correction
         )
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        zt = self._loss_latents
-        if zt is not None and model is self.model:  # latent noise: the rollouts' z̃ and their log-density
-            policy = self.accelerator.unwrap_model(self.model)
-            rows = input_ids.size(0)
-            if zt.size(0) != rows or (kwargs.get("batch_size") or rows) < rows:
-                raise RuntimeError(f"latent noise: {zt.size(0)} sampled latents for a pass over {rows} rows in chunks of "
-                                   f"{kwargs.get('batch_size')}; the loss pass must see the whole batch at once")
-            with policy.using_sampled_latents(zt):
-                logps, entropies, aux = super()._get_per_token_logps_and_entropies(
-                    model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
-            if policy.last_latent_logp is None:
-                raise RuntimeError("latent noise: the loss pass inserted no latents (no <bot> <lat>×K in the prompts?)")
-            # log π(y, z̃ | x) = log N(z̃; z_θ(x), σ²) + Σ_t log π(y_t | x, z̃, y_<t): the density rides on token 0
-            logps = torch.cat([logps[:, :1] + policy.last_latent_logp[:, None].to(logps.dtype), logps[:, 1:]], 1)
-            return logps, entropies, aux
-        pig = self._piggyback
-        if pig is not None and pig.armed and model is self.model and not kwargs.get("compute_entropy", False):
-            pig.armed = False  # only TRL's first no-grad call (old log-probs) is the policy's own pass
-            parent = super()._get_per_token_logps_and_entropies
-            return pig.reduce_call(
-                model, input_ids, attention_mask, logits_to_keep,
-                lambda: parent(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs),
-            )
-        return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+    def credit_path(self) -> str:
+        """``identity`` | ``direct`` (no pass) | ``piggyback`` | ``fused`` | ``extra`` for this configuration."""
+        needs = self.credit_needs
+        if "identity" in needs:
+            return "identity"
+        if not needs & {"attention", "entropies"}:
+            return "direct"
+        if self._trl_runs_old_logp_pass():
+            return "piggyback"
+        if self._fusion_allowed():
+            return "fused"
+        return "extra"
+
+    def _fusion_allowed(self) -> bool:
+        if not self.fuse_credit_into_loss or not getattr(self.args, "credit_fused", True):
+            return False
+        if _has_active_dropout(self.accelerator.unwrap_model(self.model)):
+            self._warn_once("dropout", "rlattn: the policy has active dropout, so its training forward does not see the "
+                            "rollout policy's attention; the statistics take one extra forward per batch instead of "
+                            "riding on the loss forward (set lora_dropout: 0.0 to avoid it)")
+            return False
+        return True
+
+    def _max_sequence_length(self) -> int | None:
+        """Longest prompt of the training set (tokens) + max_completion_length, or None if unknown."""
+        ds = getattr(self, "train_dataset", None)
+        if ds is None or not hasattr(ds, "__len__") or "prompt" not in getattr(ds, "column_names", []):
+            return None
+        try:
+            ids = self._tokenize_prompts(list(ds["prompt"]))[0]
+        except Exception:  # noqa: BLE001 - an unusual dataset: the runtime check in the capture still holds
+            return None
+        return max(map(len, ids)) + int(self.args.max_completion_length or 0)
+
+    # ---------------------------------------------------------------- TRL hooks
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:  # an iterable dataset or a future TRL: leave it alone
+            return sampler
+        return _EpochSeededSampler(sampler.data_source, sampler.mini_repeat_count, batch_size=sampler.batch_size,
+                                   repeat_count=sampler.repeat_count, shuffle=sampler.shuffle, seed=sampler.seed, trainer=self)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, *args, **kwargs):
+        cap = self._pass_capture
+        if cap is None:
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                                              compute_entropy, *args, **kwargs)
+        self._pass_capture = None  # one pass per capture: TRL's reference pass comes after it
+        want = compute_entropy or cap.want_entropy
+        if not cap.attention:
+            out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                                             want, *args, **kwargs)
+        else:
+            am = attention_mask.bool()  # [B, P+T]
+            resp = am.clone()
+            resp[:, : input_ids.size(1) - logits_to_keep] = False  # [B, P+T] completion columns only
+            cap.stats = StatsAccumulator(self.stats_config, self._credit_layers, am, _nonempty(resp))
+            callback = cap.stats.callback if cap.observer is None else cap.stats.callback_with(cap.observer)
+            with capture_qk(model, self._credit_layers, callback, stop_after_last=cap.stop_early):
+                out = super()._get_per_token_logps_and_entropies(
+                    _EarlyExit(model) if cap.stop_early else model, input_ids, attention_mask, logits_to_keep, batch_size,
+                    want, *args, **kwargs)
+        logps, entropies, aux = out
+        cap.entropies = None if entropies is None else entropies.detach()
+        cap.ran = True
+        if cap.on_done is not None:
+            cap.on_done(cap)
+        return logps, (entropies if compute_entropy else None), aux
 
     def _compute_loss(self, model, inputs):
-        self._loss_latents = inputs.get("sampled_latents")  # [B, K, D] with latent noise, else None
+        fused = self._fused_batch
+        if fused is not None and "credit_row" in inputs:  # γ of this micro-batch rides on its loss forward
+            if fused["inert"]:
+                self._finish_fused(inputs, None)  # γ = 1: nothing to capture
+            else:
+                self._pass_capture = self._new_capture(inputs, stop_early=False,
+                                                       on_done=lambda cap: self._finish_fused(inputs, cap))
         try:
             return super()._compute_loss(model, inputs)
         finally:
-            self._loss_latents = None
+            self._pass_capture = None
 
     def _generate_and_score_completions(self, inputs):
         cycle_start = time.perf_counter()
-        needs_stats = not self.credit_uniform and self.credit_config.strategy not in ("random", "high_entropy")
-        self._piggyback = _Piggyback(self.stats_config, self._credit_layers) if needs_stats and self._trl_runs_old_logp_pass() else None
+        path = self.credit_path()
+        piggy = None
+        if path == "piggyback":
+            piggy = self._pass_capture = _PassCapture("attention" in self.credit_needs, "entropies" in self.credit_needs,
+                                                      stop_early=False)
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
-            pig, self._piggyback = self._piggyback, None
-        mode = "train" if self.model.training else "eval"
-        sampled = self._sampled_latents_of_last_generation(output)
-        if sampled is not None:
-            output["sampled_latents"] = sampled  # [B, K, D]: shuffled and split with the rest of the batch
-        if self.credit_uniform:
-            output["advantages"] = output["advantages"][:, None].expand(-1, output["completion_ids"].size(1)).clone()  # [B, T]
+            self._pass_capture = None
+        self.extend_rollout_batch(output)
+        if path == "identity":  # uniform: TRL's own (B,) advantages, metric-exact in every configuration
             return output
-
+        mode = "train" if self.model.training else "eval"
         t0 = time.perf_counter()
-        prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
-        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        P = prompt_ids.size(1)
-        mask = completion_mask.bool()  # [B, T]
-        if "tool_mask" in output:
-            mask = mask & output["tool_mask"].bool()
-        entropies = None
-        piggybacked = False
-        latent_diag = getattr(self.args, "backbone", "none") != "none" and getattr(self.args, "latent_diagnostics", False)
-        collector = None
-        if latent_diag and needs_stats:  # ride along on the statistics pass below, if it runs
-            from rlattn.backbones.diagnostics import CompletionAttention
+        mask = self._credit_mask(output)  # [B, T]
+        inert = "attention" in self.credit_needs and self._inert_without_fai(mask)
+        if path == "fused" and mode == "train":
+            B = mask.size(0)
+            output["credit_row"] = torch.arange(B, device=mask.device)  # [B]: rows survive TRL's shuffle
+            self._fused_batch = {"B": B, "T": mask.size(1), "inert": inert, "parts": {}, "mode": mode,
+                                 "cycle_start": cycle_start, "n_local": len(inputs)}
+            self._metrics[mode]["credit/extra_forward"].append(0.0)
+            self._metrics[mode]["credit/piggybacked"].append(0.0)
+            return output
+        waad = fai = entropies = None
+        observer = self.credit_observer(output)
+        extra = 0.0
+        if path == "piggyback" and piggy.ran:  # TRL's old-log-prob pass was captured
+            if "attention" in self.credit_needs:
+                waad, fai = self._piggyback_stats(output, piggy)
+            entropies = piggy.entropies
+        elif path in ("piggyback", "fused", "extra") and not inert:
+            extra = 1.0
+            waad, fai, entropies = self._credit_forward(output, observer)
+        self._finish_generation(output, inputs, mode, mask, waad, fai, entropies, inert, extra,
+                                piggybacked=path == "piggyback" and piggy.ran, t0=t0, cycle_start=cycle_start,
+                                observer=observer)
+        return output
 
-            collector = CompletionAttention(torch.cat([prompt_mask, completion_mask], 1), P,
-                                            self.accelerator.unwrap_model(self.model).latent_config.num_sinks)
-        if needs_stats:
-            if pig is not None and pig.parts:
-                stats = pig.result()
-                waad, fai = stats.waad, stats.fai  # [B, P+T]
-                piggybacked = True
-            else:
-                waad, fai = self._early_exit_stats(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                                   output.get("pixel_values"), collector,
-                                                   output.get("sampled_latents"))  # [B, P+T]
-            waad, fai = waad[:, P:], fai[:, P:]  # [B, T]
-        else:
+    # ---------------------------------------------------------------- passes
+
+    def _new_capture(self, batch, stop_early: bool, on_done=None, observer=None) -> _PassCapture:
+        return _PassCapture("attention" in self.credit_needs, "entropies" in self.credit_needs, stop_early,
+                            observer=observer, on_done=on_done)
+
+    @staticmethod
+    def _piggyback_stats(output, piggy):
+        """WAAD/FAI [B, T] from TRL's captured old-log-prob pass."""
+        stats = piggy.stats.result()
+        P = output["prompt_ids"].size(1)
+        return stats.waad[:, P:], stats.fai[:, P:]  # [B, T]
+
+    def _credit_forward(self, output, observer=None, batch_size=None):
+        """The extra pass: WAAD and FAI [B, T] (None if not needed) and entropies [B, T] (None if not
+        needed) of the rollout policy on the generation batch, through TRL's chunked forward with every
+        model input the loss forward gets. Stops after the last selected layer unless entropies are needed."""
+        want_entropy = "entropies" in self.credit_needs
+        cap = self._new_capture(output, stop_early=not want_entropy, observer=observer)
+        ids = torch.cat([output["prompt_ids"], output["completion_ids"]], 1)  # [B, P+T]
+        am = torch.cat([output["prompt_mask"], output["completion_mask"]], 1)  # [B, P+T]
+        if batch_size is None:
+            batch_size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+        was_training = self.model.training
+        self.model.eval()
+        self._pass_capture = cap
+        try:
+            with torch.no_grad():
+                self._get_per_token_logps_and_entropies(self.model, ids, am, output["completion_ids"].size(1),
+                                                        batch_size=batch_size, compute_entropy=want_entropy,
+                                                        **self._model_inputs(output))
+        finally:
+            self._pass_capture = None
+            self.model.train(was_training)
+        waad = fai = None
+        if cap.stats is not None:
+            stats = cap.stats.result()
+            P = output["prompt_ids"].size(1)
+            waad, fai = stats.waad[:, P:], stats.fai[:, P:]  # [B, T]
+        return waad, fai, cap.entropies
+
+    def _early_exit_stats(self, prompt_ids, prompt_mask, completion_ids, completion_mask, model_inputs=None):
+        """WAAD and FAI [B, P+T] of the current policy by the extra pass (a reference for tests and benches)."""
+        batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+                 "completion_mask": completion_mask, **(model_inputs or {})}
+        needs, self.credit_needs = self.credit_needs, frozenset({"attention"})
+        try:
+            cap = self._new_capture(batch, stop_early=True)
+            ids = torch.cat([prompt_ids, completion_ids], 1)
+            am = torch.cat([prompt_mask, completion_mask], 1)
+            was_training = self.model.training
+            self.model.eval()
+            self._pass_capture = cap
+            try:
+                with torch.no_grad():
+                    self._get_per_token_logps_and_entropies(self.model, ids, am, completion_ids.size(1),
+                                                            batch_size=self.args.per_device_train_batch_size,
+                                                            **self._model_inputs(batch))
+            finally:
+                self._pass_capture = None
+                self.model.train(was_training)
+        finally:
+            self.credit_needs = needs
+        stats = cap.stats.result()
+        return stats.waad, stats.fai
+
+    @staticmethod
+    def _model_inputs(batch: dict) -> dict:
+        return {k: batch[k] for k in MODEL_INPUT_KEYS if batch.get(k) is not None}
+
+    @staticmethod
+    def _credit_mask(batch: dict) -> torch.Tensor:
+        mask = batch["completion_mask"].bool()  # [B, T]
+        if "tool_mask" in batch:
+            mask = mask & batch["tool_mask"].bool()
+        return mask
+
+    def _inert_without_fai(self, mask: torch.Tensor) -> bool:
+        """True when no response is longer than H_lo (FAI undefined on every token) and the strategy
+        then leaves γ = 1 whatever WAAD is: the statistics pass cannot change γ."""
+        h_lo = self.stats_config.fai_horizon[0]
+        if int(mask.sum(1).max()) > h_lo:
+            return False
+        nan = torch.full(mask.shape, float("nan"))
+        cpu_mask = mask.cpu()
+        for probe in (torch.zeros(mask.shape), torch.arange(mask.numel(), dtype=torch.float32).view(mask.shape) % 7):
+            gamma = self.credit_fn(waad=probe, fai=nan, mask=cpu_mask, entropies=None, config=self.credit_config)
+            if not torch.equal(gamma[cpu_mask], torch.ones_like(gamma[cpu_mask])):
+                return False
+        self._warn_once("inert", (
+            f"rlattn: credit_strategy={self.credit_config.strategy!r} cannot act on this batch: no completion is longer "
+            f"than attn_fai_horizon[0]={h_lo} tokens (longest: {int(mask.sum(1).max())}), so FAI is undefined on every "
+            "token, no token is an anchor and γ = 1 everywhere; the statistics pass is skipped. Fix: a shorter horizon "
+            f"for short completions (e.g. attn_fai_horizon: [1, {self.stats_config.fai_horizon[1]}]) or a longer "
+            "max_completion_length. Counted in credit/inert."))
+        return True
+
+    # ---------------------------------------------------------------- γ
+
+    def _gamma(self, waad, fai, mask, entropies):
+        cfg = self.credit_config
+        if "reseed" in self.credit_needs:  # a fresh draw per batch, reproducible from (seed, step)
+            cfg = dataclasses.replace(cfg, seed=cfg.seed * 1_000_003 + int(self.state.global_step) * 7919 + self.accelerator.process_index)
+        if waad is None:
             waad = torch.zeros(mask.shape, device=mask.device)
             fai = torch.full(mask.shape, float("nan"), device=mask.device)
-        if self.credit_config.strategy == "high_entropy":
-            entropies = self._policy_entropies(prompt_ids, prompt_mask, completion_ids, completion_mask)
-        cfg = self.credit_config
-        if cfg.strategy == "random":  # a fresh draw per batch, reproducible from (seed, step)
-            cfg = dataclasses.replace(cfg, seed=cfg.seed * 1_000_003 + int(self.state.global_step) * 7919 + self.accelerator.process_index)
-        gamma = self.credit_fn(waad=waad.float(), fai=fai.float(), mask=mask, entropies=entropies, config=cfg)  # [B, T]
-        from rlattn.credit.advantages import apply_credit
-
-        output["advantages"] = apply_credit(output["advantages"], gamma, sign=cfg.sign)  # [B, T]
+        ent = None if entropies is None else entropies.float()
+        gamma = self.credit_fn(waad=waad.float(), fai=fai.float(), mask=mask, entropies=ent, config=cfg)  # [B, T]
         sel = {}
-        if needs_stats:  # the token sets again, for the report (strategies return only gamma)
+        if "attention" in self.credit_needs:  # the token sets again, for the report (strategies return only γ)
             from rlattn.credit.selection import select_tokens
 
             sel = select_tokens(waad.float(), fai.float(), mask, cfg)  # bool [B, T] each
-        stats_time = time.perf_counter() - t0  # all credit overhead: statistics, gamma, report sets
-        # the tensors behind this batch's credit, for inspection and tests
-        self.last_credit = {"gamma": gamma, "waad": waad, "fai": fai, "mask": mask, "piggybacked": piggybacked, **sel}
-        self._log_credit(mode, gamma, mask, sel, stats_time, cycle_start, piggybacked)
-        self._maybe_write_samples(output, gamma, waad, fai, mask, sel, cfg, len(inputs))
-        if latent_diag:
-            from rlattn.backbones.diagnostics import log_latent_diagnostics
+        return gamma, waad, fai, sel, cfg
 
-            log_latent_diagnostics(self, output, inputs, mode, attention=collector.result() if collector else None)
-        return output
+    def _finish_generation(self, output, inputs, mode, mask, waad, fai, entropies, inert, extra, piggybacked, t0,
+                           cycle_start, observer):
+        from rlattn.credit.advantages import apply_credit
 
-    # ---------------------------------------------------------------- helpers
+        if inert:
+            waad = fai = None
+        gamma, waad, fai, sel, cfg = self._gamma(waad, fai, mask, entropies)
+        output["advantages"] = apply_credit(output["advantages"], gamma, sign=cfg.sign)  # [B, T]
+        stats_time = time.perf_counter() - t0  # all credit overhead: statistics, γ, report sets
+        self.last_credit = {"gamma": gamma, "waad": waad, "fai": fai, "mask": mask, "piggybacked": piggybacked,
+                            "path": "piggyback" if piggybacked else ("extra" if extra else self.credit_path()), **sel}
+        self._log_credit(mode, gamma, mask, sel, stats_time, cycle_start, piggybacked, extra, inert)
+        rows = torch.arange(mask.size(0))
+        self._maybe_write_samples(output, rows, gamma, waad, fai, mask, sel, cfg, len(inputs))
+        self.on_credit(output, inputs, mode, observer)
 
-    def _sampled_latents_of_last_generation(self, output):
-        """The backbone's z̃ [B, K, D] of the batch just generated (latent noise on, training), else None."""
-        policy = self.accelerator.unwrap_model(self.model)
-        if not getattr(getattr(policy, "latent_config", None), "noise_std", 0.0) or not self.model.training:
-            return None
-        if self._trl_runs_old_logp_pass():
-            raise ValueError("latent_noise needs TRL to skip its old-log-prob pass (num_iterations: 1, "
-                             "steps_per_generation dividing gradient_accumulation_steps, no vLLM importance sampling)")
-        zt = policy.last_sampled_latents
-        if zt is None or zt.size(0) != output["completion_ids"].size(0):
-            raise RuntimeError("latent noise is on but the last generate() call sampled no latents for this batch")
-        return zt
+    def _finish_fused(self, inputs, cap):
+        """γ for one micro-batch from its own loss forward; ``inputs["advantages"]`` becomes (B, T)."""
+        from rlattn.credit.advantages import apply_credit
 
-    def _early_exit_stats(self, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values=None,
-                          collector=None, sampled_latents=None):
-        ids = torch.cat([prompt_ids, completion_ids], 1)  # [B, P+T]
-        am = torch.cat([prompt_mask, completion_mask], 1)  # [B, P+T]
-        resp = torch.cat([torch.zeros_like(prompt_mask), completion_mask], 1).bool()  # [B, P+T]
-        keep = resp.any(1)
-        B, N = ids.shape
-        waad = torch.zeros(B, N, device=ids.device)
-        fai = torch.full((B, N), float("nan"), device=ids.device)
-        if keep.any():
-            bs = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
-            rows = keep.nonzero().flatten()
-            policy = self.accelerator.unwrap_model(self.model)
-            with self.accelerator.autocast():
-                for start in range(0, len(rows), max(1, bs)):
-                    r = rows[start : start + bs]
-                    fk = {} if pixel_values is None else {"pixel_values": pixel_values[r]}  # one image per row
-                    observer = None if collector is None else collector.for_rows(r)
-                    ctx = (contextlib.nullcontext() if sampled_latents is None
-                           else policy.using_sampled_latents(sampled_latents[r]))
-                    with ctx:  # the statistics of the latents the rollout actually read
-                        s = compute_attention_stats(self.model, ids[r], am[r], resp[r], self.stats_config, observer=observer, **fk)
-                    waad[r], fai[r] = s.waad, s.fai
-        return waad, fai
+        t0 = time.perf_counter()
+        fused = self._fused_batch
+        mask = self._credit_mask(inputs)  # [b, T]
+        waad = fai = entropies = None
+        if cap is not None:
+            if cap.stats is not None:
+                stats = cap.stats.result()
+                P = inputs["prompt_ids"].size(1)
+                waad, fai = stats.waad[:, P:], stats.fai[:, P:]  # [b, T]
+            entropies = cap.entropies
+        gamma, waad, fai, sel, cfg = self._gamma(waad, fai, mask, entropies)
+        inputs["advantages"] = apply_credit(inputs["advantages"], gamma, sign=cfg.sign)  # [b, T]
+        rows = inputs.pop("credit_row").cpu()  # done: a later pass over this micro-batch reuses its advantages
+        parts = fused["parts"]
+        for key, value in (("gamma", gamma), ("waad", waad), ("fai", fai), ("mask", mask), *sel.items()):
+            parts.setdefault(key, []).append((rows, value.detach()))
+        stats_time = time.perf_counter() - t0 + (cap.stats.reduce_time if cap is not None and cap.stats is not None else 0.0)
+        mode = fused["mode"]
+        self._log_credit(mode, gamma, mask, sel, stats_time, fused["cycle_start"], False, None, fused["inert"])
+        self._maybe_write_samples(inputs, rows, gamma, waad, fai, mask, sel, cfg, fused["n_local"])
+        done = sum(len(r) for r, _ in parts["gamma"])
+        if done >= fused["B"]:  # the whole generation batch has been seen: assemble it in generation order
+            full = {}
+            for key, pieces in parts.items():
+                first = pieces[0][1]
+                buf = torch.empty((fused["B"], *first.shape[1:]), dtype=first.dtype, device=first.device)
+                for r, v in pieces:
+                    buf[r.to(buf.device)] = v
+                full[key] = buf
+            self.last_credit = {**full, "piggybacked": False, "path": "fused"}
 
-    @torch.no_grad()
-    def _policy_entropies(self, prompt_ids, prompt_mask, completion_ids, completion_mask):
-        ids = torch.cat([prompt_ids, completion_ids], 1)
-        am = torch.cat([prompt_mask, completion_mask], 1)
-        bs = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
-        _, ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(
-            self, self.model, ids, am, completion_ids.size(1), batch_size=bs, compute_entropy=True
-        )
-        return ent.float()  # [B, T]
+    # ---------------------------------------------------------------- logging
 
-    def _log_credit(self, mode, gamma, mask, sel, stats_time, cycle_start, piggybacked):
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
+
+    def _log_credit(self, mode, gamma, mask, sel, stats_time, cycle_start, piggybacked, extra, inert):
         from rlattn.credit.report import credit_report
 
         report = credit_report(gamma, mask, **sel)
@@ -302,13 +494,21 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             self._metrics[mode][name].append(value)
         now = time.perf_counter()
         cycle = (now - self._last_cycle_start) if self._last_cycle_start is not None else (now - cycle_start)
-        self._last_cycle_start = cycle_start
+        if extra is not None:  # once per generation batch
+            self._last_cycle_start = cycle_start
+            self._metrics[mode]["credit/extra_forward"].append(float(extra))
+            self._metrics[mode]["credit/piggybacked"].append(float(piggybacked))
         self._metrics[mode]["credit/stats_time_s"].append(stats_time)
         # share of the wall time since the previous generation batch began (generation + optimisation)
         self._metrics[mode]["credit/stats_time_frac"].append(stats_time / max(cycle, 1e-9))
-        self._metrics[mode]["credit/piggybacked"].append(float(piggybacked))
+        if bool(mask.any()) and bool((gamma[mask] == 1).all()) and not inert:
+            self._warn_once("inert_batch", f"rlattn: credit_strategy={self.credit_config.strategy!r} left γ = 1 on every "
+                            "response token of a batch (no token selected); counted in credit/inert")
+            inert = True
+        self._metrics[mode]["credit/inert"].append(float(inert))
 
-    def _maybe_write_samples(self, output, gamma, waad, fai, mask, sel, cfg, n_local):
+    def _maybe_write_samples(self, batch, rows, gamma, waad, fai, mask, sel, cfg, n_local):
+        """Append up to ``credit_log_samples`` records of the generation batch's first rows to rollouts.jsonl."""
         n = int(getattr(self.args, "credit_log_samples", 0) or 0)
         steps = max(1, int(self.args.logging_steps))  # a fractional logging_steps means every step here
         if n <= 0 or not self.model.training or self.state.global_step % steps != 0:
@@ -321,11 +521,13 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         tok = self.processing_class if hasattr(self.processing_class, "convert_ids_to_tokens") else self.processing_class.tokenizer
         total = n_local * self.accelerator.num_processes  # TRL's logs hold the gathered batch last
         records = []
-        for i in range(min(n, n_local)):
+        for i, row in enumerate(rows.tolist()):
+            if row >= min(n, n_local):
+                continue
             m = mask[i]
-            ids = output["completion_ids"][i][m].tolist()
+            ids = batch["completion_ids"][i][m].tolist()
             g = lambda x: [None if (isinstance(v, float) and math.isnan(v)) else round(v, 6) for v in x[i][m].tolist()]  # noqa: E731
-            prompt = _last(logs["prompt"], lo + i, total)
+            prompt = _last(logs["prompt"], lo + row, total)
             records.append({
                 "step": int(self.state.global_step),
                 # images in multimodal prompts are written as a "<ClassName>" stand-in
@@ -333,15 +535,16 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 "completion": tok.decode(ids, skip_special_tokens=False),
                 "completion_ids": ids,
                 "tokens": tok.convert_ids_to_tokens(ids),
-                "rewards": {k: _last(v, lo + i, total) for k, v in logs["rewards"].items()},
-                "advantage": _last(logs["advantages"], lo + i, total),
+                "rewards": {k: _last(v, lo + row, total) for k, v in logs["rewards"].items()},
+                "advantage": _last(logs["advantages"], lo + row, total),
                 "gamma": g(gamma), "waad": g(waad), "fai": g(fai),
                 "preplan": sel["preplan"][i][m].tolist() if "preplan" in sel else None,
                 "anchor": sel["anchor"][i][m].tolist() if "anchor" in sel else None,
                 "strategy": cfg.strategy,
             })
-        path = os.path.join(self.args.output_dir, f"rollouts{'' if rank == 0 else f'-rank{rank}'}.jsonl")
-        append_records(path, records)
+        if records:
+            path = os.path.join(self.args.output_dir, f"rollouts{'' if rank == 0 else f'-rank{rank}'}.jsonl")
+            append_records(path, records)
 
 
 def _last(values, index, total):

@@ -20,11 +20,9 @@ import logging
 import time
 
 from .base import RolloutError, SamplingSpec
+from .names import BACKENDS
 
 logger = logging.getLogger(__name__)
-
-BACKENDS = ("transformers", "vllm")
-
 
 def _unwrap(trainer):
     model = trainer.model
@@ -36,11 +34,13 @@ def _unwrap(trainer):
 
 
 def _eos_ids(trainer) -> list[int]:
+    """TRL's own EOS ids for the trainer (its ``eos_token_ids``), else the tokenizer's."""
     ids = list(getattr(trainer, "eos_token_ids", None) or [])
-    tok = getattr(trainer, "_tokenizer", None) or trainer.processing_class
-    if not ids and tok.eos_token_id is not None:
-        ids = [tok.eos_token_id]
-    return [int(i) for i in ids]
+    if ids:
+        return [int(i) for i in ids]
+    from rlattn.models import eos_token_ids
+
+    return eos_token_ids(None, getattr(trainer, "_tokenizer", None) or trainer.processing_class)
 
 
 def _base_model_path(model) -> str:
@@ -75,7 +75,7 @@ class TRLRolloutFunc:
         if hasattr(model, "peft_config") and opts.get("lora_handover", "merged") == "adapter":
             opts.setdefault("enable_lora", True)
             r = next(iter(model.peft_config.values())).r
-            opts["max_lora_rank"] = max(int(opts.get("max_lora_rank", 0)), _round_rank(r))
+            opts["max_lora_rank"] = max(int(opts.get("max_lora_rank", 0)), round_lora_rank(r))
         self.backend = VLLMCPUBackend(VLLMCPUConfig(model=path, **opts), eos_token_ids=_eos_ids(trainer)).start()
         logger.info("rlattn: vLLM CPU engine started in %.1f s (model %s)", self.backend.start_s, path)
 
@@ -104,7 +104,7 @@ class TRLRolloutFunc:
             self.backend = None
 
 
-def _round_rank(r: int) -> int:
+def round_lora_rank(r: int) -> int:
     """vLLM accepts max_lora_rank from a fixed set; take the smallest that holds r."""
     for allowed in (1, 8, 16, 32, 64, 128, 256, 320, 512):
         if r <= allowed:
@@ -138,6 +138,9 @@ def resolve_rollout(training_args, model_path: str | None = None):
     import torch
 
     if torch.cuda.is_available() and not getattr(training_args, "use_cpu", False):
+        if not getattr(training_args, "use_vllm", False):
+            logger.info("rlattn: rollout_backend=vllm with CUDA: setting use_vllm=True (TRL's engine, vllm_mode=%s)",
+                        getattr(training_args, "vllm_mode", "colocate"))
         training_args.use_vllm = True
         return None
     if getattr(training_args, "use_vllm", False):

@@ -319,6 +319,14 @@ class VLLMCPUBackend:
         return self._wait(timeout, cmd, knob)
 
     # -- policy hand-over
+    def use_adapter(self, path: str, name: str | None = None) -> None:
+        """Attach the LoRA adapter in ``path`` to every later request (an engine started with
+        ``enable_lora``); the evaluator serves a trained adapter this way."""
+        if not self.config.enable_lora:
+            raise RolloutError("use_adapter needs an engine started with enable_lora=True")
+        old = self._lora
+        self._lora = {"name": name or f"adapter-{Path(path).name}", "id": (old["id"] + 1) if old else 1, "path": str(path)}
+
     def sync(self, model, version: int) -> None:
         """Make the engine sample from ``model`` (policy version ``version``)."""
         t0 = time.perf_counter()
