@@ -13,115 +13,73 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from rlattn.utils import normalise_argv
+
 logger = logging.getLogger("rlattn")
 
-
-def normalise_argv(argv: Sequence[str]) -> list[str]:
-    """Allow ``grpo.py recipe.yaml [--key value ...]`` as well as ``--config recipe.yaml``."""
-    argv = list(argv)
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
-        if "--config" in argv:
-            raise ValueError(f"give the recipe either positionally ({argv[0]}) or with --config, not both")
-        argv = ["--config", argv[0]] + argv[1:]
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise ValueError("--config needs a YAML path")
-        if not Path(argv[i + 1]).is_file():
-            raise FileNotFoundError(f"recipe not found: {argv[i + 1]}")
-    return argv
+__all__ = ["build_policy", "build_rewards", "load_policy", "load_train_dataset", "normalise_argv", "parse_grpo_args",
+           "resolve_checkpoint", "write_run_summary"]
 
 
-def parse_grpo_args(argv: Sequence[str] | None = None):
-    """Parse ``(ScriptArguments, AttnCreditConfig, ModelConfig)`` from YAML + command line."""
+def parse_grpo_args(argv: Sequence[str] | None = None, extra: Sequence[type] = (), config_class: type | None = None):
+    """Parse ``(ScriptArguments, AttnCreditConfig, ModelConfig, *extra)`` from YAML + command line.
+
+    ``config_class`` replaces AttnCreditConfig (``rlattn.ppo.AttnCreditPPOConfig`` for PPO).
+
+    ``extra`` are a plug-in's own dataclasses (the script passes them): their keys are parsed from the
+    same flat YAML, unknown keys still fail. After parsing, an extra dataclass with a
+    ``check_against(training_args)`` method is asked to check itself against the training config.
+    """
     from trl import ModelConfig, TrlParser
 
     from rlattn.config import AttnCreditConfig, ScriptArguments
 
     argv = normalise_argv(sys.argv[1:] if argv is None else argv)
-    parser = TrlParser((ScriptArguments, AttnCreditConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    parser = TrlParser((ScriptArguments, config_class or AttnCreditConfig, ModelConfig, *extra))
+    parsed = parser.parse_args_and_config(argv)
+    script_args, training_args, model_args = parsed[:3]
     if not model_args.model_name_or_path:
         from rlattn.models import DEFAULT_MODEL
 
         model_args.model_name_or_path = DEFAULT_MODEL
-    return script_args, training_args, model_args
-
-
-def _dtype(name):
-    import torch
-
-    if name in (None, "auto"):
-        return "auto"
-    if not hasattr(torch, str(name)):
-        raise ValueError(f"dtype={name!r} is not a torch dtype name (e.g. float32, bfloat16, auto)")
-    return getattr(torch, name)
+    for plug in parsed[3 : 3 + len(extra)]:
+        if hasattr(plug, "check_against"):
+            plug.check_against(training_args)
+    return tuple(parsed[: 3 + len(extra)])
 
 
 def load_policy(model_args, training_args=None):
-    """Resolve ``embedded:`` names, load the causal LM and its tokenizer (left padding, pad token)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Resolve ``embedded:`` / ``tiny:`` names, load the causal LM and its tokenizer (left padding, pad token)."""
+    from rlattn.models import load_model_and_tokenizer
 
-    from rlattn.models import resolve_model
-
-    path = resolve_model(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        revision=model_args.model_revision,
-        attn_implementation=model_args.attn_implementation or "sdpa",
-        dtype=_dtype(model_args.dtype),
-    )
-    return model, tokenizer
+    loaded = load_model_and_tokenizer(model_args.model_name_or_path, dtype=model_args.dtype or "auto",
+                                      attn_implementation=model_args.attn_implementation or "sdpa",
+                                      revision=model_args.model_revision, eval_mode=False)
+    return loaded.model, loaded.tokenizer
 
 
 def build_policy(model_args, training_args):
-    """``(model, processing_class, peft_config)`` for the trainer.
-
-    ``backbone: none``: the causal LM and its tokenizer; LoRA (when ``use_peft``) is left to TRL
-    through ``peft_config``. ``backbone: cocova_lite``: a :class:`~rlattn.backbones.LatentPolicy`
-    around the LM and a :class:`~rlattn.backbones.LatentProcessor`; LoRA is applied here to the
-    wrapped LM only (the LQ-Former, encoder and projector stay trainable), so ``peft_config`` is None.
-    """
+    """``(model, processing_class, peft_config)`` for the trainer: the causal LM and its tokenizer;
+    LoRA (when ``use_peft``) is left to TRL through ``peft_config``."""
     from trl import get_peft_config
 
     model, tokenizer = load_policy(model_args, training_args)
-    peft_config = get_peft_config(model_args)
-    if getattr(training_args, "backbone", "none") == "none":
-        return model, tokenizer, peft_config
-    from rlattn.backbones import LatentPolicy, LatentProcessor, apply_lora
-
-    latent = training_args.latent_config()
-    policy = LatentPolicy.from_lm(model, tokenizer, latent)
-    processor = LatentProcessor(tokenizer, num_latents=latent.num_latents, num_image_tokens=latent.num_patches,
-                                image_size=latent.image_size)
-    if peft_config is not None:
-        apply_lora(policy, peft_config)
-    return policy, processor, None
-
-
-def maybe_format_warmup(model, processing_class, train_dataset, training_args) -> list[float]:
-    """The backbone's opt-in format warm-up (shuffled answers; see rlattn.backbones.warmup)."""
-    steps = int(getattr(training_args, "latent_format_warmup_steps", 0) or 0)
-    if getattr(training_args, "backbone", "none") == "none" or steps <= 0:
-        return []
-    from rlattn.backbones.warmup import format_warmup
-
-    return format_warmup(model, processing_class, train_dataset, steps=steps, lr=training_args.latent_format_warmup_lr,
-                         batch_size=training_args.per_device_train_batch_size, seed=training_args.seed)
+    return model, tokenizer, get_peft_config(model_args)
 
 
 def load_train_dataset(script_args, seed: int = 0):
-    """The training set with a conversational ``prompt`` and a ``solution`` column."""
-    from rlattn.backbones.data import SYNTHETIC_DATASETS, load_synthetic
-    from rlattn.data import load_dataset
+    """The training set with a conversational ``prompt`` and a ``solution`` column.
 
-    if script_args.dataset_name in SYNTHETIC_DATASETS:  # generated, deterministic in the seed
-        n = script_args.dataset_limit or 512
-        return load_synthetic(script_args.dataset_name, n=n, seed=script_args.dataset_shuffle_seed or 0)
+    Bundled, generated and local sets are filtered by ``dataset_max_problem_chars``, shuffled with
+    ``dataset_shuffle_seed`` and cut to ``dataset_limit``, in that order. Sets that are drawn from a
+    seed (``rlattn.data.is_seeded``: the toy tasks) take ``dataset_limit`` rows from
+    ``dataset_shuffle_seed`` instead, in their generated order.
+    """
+    from rlattn.data import is_seeded, load_dataset
+
+    if is_seeded(script_args.dataset_name):
+        return load_dataset(script_args.dataset_name, limit=script_args.dataset_limit or 512,
+                            seed=script_args.dataset_shuffle_seed or 0)
     ds = load_dataset(script_args.dataset_name, split=script_args.dataset_split, template=script_args.prompt_template)
     if script_args.dataset_max_problem_chars is not None and "problem" in ds.column_names:
         limit = script_args.dataset_max_problem_chars

@@ -1,9 +1,11 @@
-"""Small helpers shared by the registries (credit strategies, rewards)."""
+"""Small helpers shared across the packages: dotted-path imports (the registries' escape hatch)
+and the recipe-path convention of every script's command line."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 
 def import_dotted(path: str, what: str) -> Callable:
@@ -27,3 +29,19 @@ def import_dotted(path: str, what: str) -> Callable:
     if not callable(obj):
         raise ValueError(f"{what} {path!r} is not callable (got {type(obj).__name__})")
     return obj
+
+
+def normalise_argv(argv: Sequence[str]) -> list[str]:
+    """Allow ``grpo.py recipe.yaml [--key value ...]`` as well as ``--config recipe.yaml``."""
+    argv = list(argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
+        if "--config" in argv:
+            raise ValueError(f"give the recipe either positionally ({argv[0]}) or with --config, not both")
+        argv = ["--config", argv[0]] + argv[1:]
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ValueError("--config needs a YAML path")
+        if not Path(argv[i + 1]).is_file():
+            raise FileNotFoundError(f"recipe not found: {argv[i + 1]}")
+    return argv

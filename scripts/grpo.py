@@ -9,26 +9,25 @@ import sys
 
 from transformers import set_seed
 
-from rlattn.cli import build_policy, build_rewards, load_train_dataset, maybe_format_warmup, parse_grpo_args, resolve_checkpoint, write_run_summary
+from rlattn.backbones import BackboneArguments, get_backbone
+from rlattn.cli import build_rewards, load_train_dataset, parse_grpo_args, resolve_checkpoint, write_run_summary
 from rlattn.models import resolve_model
 from rlattn.rollouts import resolve_rollout
-from rlattn.trainer import AttnCreditGRPOTrainer
 
 
 def main():
     # ---- parse: recipe YAML + command-line overrides; unknown keys fail naming the key ----
-    script_args, training_args, model_args = parse_grpo_args()
+    script_args, training_args, model_args, backbone_args = parse_grpo_args(extra=(BackboneArguments,))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     set_seed(training_args.seed)
+    backbone = get_backbone(backbone_args)  # "none": the causal LM as is
 
-    # ---- data: bundled sets, local files or hub names -> prompt + solution ----
+    # ---- data: bundled sets, generated tasks, local files or hub names -> prompt + solution ----
     train_dataset = load_train_dataset(script_args)
 
     # ---- policy: embedded default, local path or hub id; LoRA when use_peft; optional backbone ----
-    model, processing_class, peft_config = build_policy(model_args, training_args)
-
-    # ---- optional backbone format warm-up (shuffled answers: the format, not the task) ----
-    maybe_format_warmup(model, processing_class, train_dataset, training_args)
+    model, processing_class, peft_config = backbone.build_policy(model_args, training_args, backbone_args)
+    backbone.prepare(model, processing_class, train_dataset, training_args, backbone_args)
 
     # ---- rewards ----
     reward_funcs = build_rewards(script_args, training_args)
@@ -37,7 +36,7 @@ def main():
     rollout_func = resolve_rollout(training_args, model_path=resolve_model(model_args.model_name_or_path))
 
     # ---- trainer: TRL's GRPO with (B, T) attention-credit advantages ----
-    trainer = AttnCreditGRPOTrainer(
+    trainer = backbone.trainer_class()(
         model=model,
         reward_funcs=reward_funcs,
         args=training_args,
@@ -45,6 +44,7 @@ def main():
         processing_class=processing_class,
         peft_config=peft_config,
         rollout_func=rollout_func,
+        **backbone.trainer_kwargs(backbone_args),
     )
 
     # ---- train; on any failure, keep what was learned before re-raising ----

@@ -4,31 +4,30 @@
     policy = LatentPolicy.from_lm(lm, tokenizer, LatentConfig(num_latents=2, image_size=32))
     processor = LatentProcessor(tokenizer, num_latents=2, num_image_tokens=16, image_size=32)
 
-Recipes select it with ``backbone: cocova_lite`` and ``latent_*`` keys; see docs/backbones.md.
-Nothing here is imported by the default GRPO path.
+A plug-in on the core: its recipe keys (``backbone``, ``latent_*``) are :class:`BackboneArguments`,
+its trainer :class:`~rlattn.backbones.trainer.LatentCreditGRPOTrainer` subclasses the core trainer
+at its documented extension points, and ``scripts/grpo.py`` picks both from :func:`get_backbone`.
+The core (config, trainer, cli, credit) never imports this package; see docs/backbones.md and
+docs/architecture.md. The model classes load lazily, so importing the table costs nothing.
 """
 
-from .latent import (
-    BACKBONE_TOKENS,
-    TYPE_COMPLETION,
-    TYPE_IMAGE,
-    TYPE_LATENT,
-    TYPE_NAMES,
-    TYPE_PROMPT,
-    TYPE_SPECIAL,
-    LatentConfig,
-    LatentPolicy,
-    LatentPolicyConfig,
-    LQFormerLite,
-    TokenSelector,
-    add_backbone_tokens,
-    apply_lora,
-    trainable_parameter_groups,
-)
-from .processor import LatentProcessor
+from .config import BACKBONE_NAMES, BackboneArguments
+from .plugin import Backbone, get_backbone
 
-__all__ = [
-    "BACKBONE_TOKENS", "TYPE_COMPLETION", "TYPE_IMAGE", "TYPE_LATENT", "TYPE_NAMES", "TYPE_PROMPT", "TYPE_SPECIAL",
-    "LQFormerLite", "LatentConfig", "LatentPolicy", "LatentPolicyConfig", "LatentProcessor", "TokenSelector",
-    "add_backbone_tokens", "apply_lora", "trainable_parameter_groups",
-]
+_LATENT = ("BACKBONE_TOKENS", "TYPE_COMPLETION", "TYPE_IMAGE", "TYPE_LATENT", "TYPE_NAMES", "TYPE_PROMPT", "TYPE_SPECIAL",
+           "LQFormerLite", "LatentConfig", "LatentPolicy", "LatentPolicyConfig", "TokenSelector", "add_backbone_tokens",
+           "apply_lora", "trainable_parameter_groups")
+
+__all__ = ["BACKBONE_NAMES", "Backbone", "BackboneArguments", "LatentProcessor", "get_backbone", *_LATENT]
+
+
+def __getattr__(name):
+    if name in _LATENT:
+        from . import latent
+
+        return getattr(latent, name)
+    if name == "LatentProcessor":
+        from .processor import LatentProcessor
+
+        return LatentProcessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

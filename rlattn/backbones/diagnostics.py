@@ -1,4 +1,4 @@
-"""Typed attention credit for latent and image positions (cocova-lite.md §2.4).
+"""Typed attention credit for latent and image positions (docs/backbones.md).
 
 Why: attention credit picks preplan/anchor tokens among *completion* tokens only, so latent and
 image positions are never called text anchors. What they earn is reported separately here, from
@@ -114,7 +114,7 @@ def typed_credit(A: torch.Tensor, types: torch.Tensor, completion_mask: torch.Te
 def grounding_accuracy(patch_mass: torch.Tensor, target_quadrant: torch.Tensor, image_size: int,
                        patch_size: int) -> float:
     """Fraction of samples whose most-attended patch lies in their target quadrant (index into QUADRANTS)."""
-    from .data import QUADRANTS
+    from rlattn.data.synthetic import QUADRANTS
     from .vision import patch_quadrants
 
     quad_of_patch = torch.tensor([QUADRANTS.index(q) for q in patch_quadrants(image_size, patch_size)],
@@ -208,7 +208,7 @@ def occlusion_map(policy, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 def quadrant_report(policy, processor, dataset, batch_size: int = 64) -> dict[str, float]:
     """Greedy accuracy and both grounding accuracies of a policy on quadrant-task rows.
 
-    ``dataset``: rows of :func:`rlattn.backbones.data.generate_quadrant` (held-out seeds for an
+    ``dataset``: rows of :func:`rlattn.data.synthetic.generate_quadrant` (held-out seeds for an
     honest number). The answer is the policy's greedy completion (up to 4 tokens, through the
     first eos), scored by the ``exact`` reward.
     Returns ``accuracy``; ``grounding_attention``: the most-attended patch (attention that emits

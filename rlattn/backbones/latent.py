@@ -46,7 +46,7 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from rlattn.credit.aggregation import attention_rows, drop_columns, sink_mask
-from rlattn.credit.capture import capture_paused, capture_qk, num_hidden_layers
+from rlattn.credit.capture import capture_qk, num_hidden_layers
 
 # Glossary: B batch, N sequence length, D LM hidden size, K latents, P image patches, M memory slots.
 
@@ -475,7 +475,7 @@ class LatentPolicy(PreTrainedModel):
         def on_layer(layer, q, k, scaling):
             acc.append(attention_rows(q, k, scaling, am.bool(), rows)[:, 0])  # [B, n]
 
-        with capture_paused(), capture_qk(self.lm, self.select_layers, on_layer, stop_after_last=False):
+        with capture_qk(self.lm, self.select_layers, on_layer, stop_after_last=False):  # shadows outer captures
             out = self.lm(inputs_embeds=e, attention_mask=am, position_ids=self._position_ids(am),
                                    output_hidden_states=True, logits_to_keep=1, use_cache=False)
         if len(acc) != len(self.select_layers):

@@ -1,6 +1,6 @@
 """The multimodal head of the CoCoVa-lite backbone: a tiny patch encoder and a projector.
 
-Why: the latent backbone (docs/cocova-lite.md §2.1) needs image tokens that a small causal LM can
+Why: the latent backbone (docs/backbones.md) needs image tokens that a small causal LM can
 attend to, without downloading a vision tower. This is the LLaVA recipe at toy scale:
 
 - :class:`TinyPatchEncoder`: a ``Conv2d`` with kernel = stride = ``patch_size`` cuts the image
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import QUADRANTS
+from rlattn.data.synthetic import QUADRANTS
 
 __all__ = ["Projector", "TinyPatchEncoder", "images_to_pixel_values", "patch_quadrants"]
 

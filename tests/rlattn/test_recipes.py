@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlattn.cli import normalise_argv, parse_grpo_args
+from rlattn.backbones import BackboneArguments
+from rlattn.cli import normalise_argv
+from rlattn.cli import parse_grpo_args as _parse
+
+
+def parse_grpo_args(argv):
+    """Parse as scripts/grpo.py does: the core's dataclasses plus the backbone plug-in's."""
+    return _parse(argv, extra=(BackboneArguments,))[:3]
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts and "eval" not in p.parts)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlattn.backbones import LatentProcessor
-from rlattn.backbones.data import generate_quadrant
+from rlattn.data.synthetic import generate_quadrant
 from rlattn.backbones.processor import conversation_with_images
 from rlattn.testing import byte_tokenizer
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _run(recipe, out, *extra, timeout=600):
@@ -83,22 +83,26 @@ def test_latent_noise_trains_end_to_end(tmp_path, monkeypatch):
     steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [l for l in steps if "reward" in l]
     assert len(steps) == 2 and all(l["loss"] == l["loss"] for l in steps)  # finite, not NaN
+    from rlattn.backbones import BackboneArguments
     from rlattn.cli import parse_grpo_args
 
     with pytest.raises(ValueError, match="latent_noise=0.1 needs num_iterations: 1"):
-        parse_grpo_args([str(ROOT / "recipes/cocova_lite_quadrant.yaml"), "--latent_noise", "0.1", "--num_iterations", "2"])
+        parse_grpo_args([str(ROOT / "recipes/cocova_lite_quadrant.yaml"), "--latent_noise", "0.1", "--num_iterations", "2"],
+                        extra=(BackboneArguments,))
 
 
 def test_backbone_refuses_the_vllm_rollout_backend():
+    from rlattn.backbones import BackboneArguments
     from rlattn.cli import parse_grpo_args
 
     with pytest.raises(ValueError, match="rollout_backend='vllm' is not supported"):  # at parse time
-        parse_grpo_args([str(ROOT / "recipes/cocova_lite_synthetic.yaml"), "--rollout_backend", "vllm"])
+        parse_grpo_args([str(ROOT / "recipes/cocova_lite_synthetic.yaml"), "--rollout_backend", "vllm"],
+                        extra=(BackboneArguments,))
 
 
 @pytest.mark.slow
 def test_quadrant_recipe_thirty_grpo_steps_learn_the_task(tmp_path):
-    """cocova-lite.md §2.6 test 10: the quadrant recipe as shipped, a shuffled-answer format
+    """docs/backbones.md test 10: the quadrant recipe as shipped, a shuffled-answer format
     warm-up and then 30 GRPO steps (group 8, K=2, cocova mode), raises reward above chance (0.25),
     and the trained policy's answer depends on the target quadrant's patch.
 
@@ -111,7 +115,7 @@ def test_quadrant_recipe_thirty_grpo_steps_learn_the_task(tmp_path):
     square by attending to the dark patches (0.0 to 0.76 across runs that all learn).
     """
     from rlattn.backbones import LatentPolicy, LatentProcessor
-    from rlattn.backbones.data import generate_quadrant
+    from rlattn.data.synthetic import generate_quadrant
     from rlattn.backbones.diagnostics import quadrant_report
 
     out = tmp_path / "learn"

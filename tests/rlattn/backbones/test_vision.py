@@ -68,7 +68,7 @@ def test_patch_quadrants_by_hand():
 
 
 def test_red_square_lands_in_its_quadrant_patches():
-    from rlattn.backbones.data import generate_quadrant
+    from rlattn.data.synthetic import generate_quadrant
 
     ds = generate_quadrant(8, seed=0)
     pixels = images_to_pixel_values(ds["image"])  # [8, 3, 32, 32]

@@ -1,4 +1,4 @@
-"""LatentPolicy: the ten checks of cocova-lite.md §2.6 (the slow GRPO run is in test_grpo_backbone.py).
+"""LatentPolicy: the ten checks of docs/backbones.md (the slow GRPO run is in test_grpo_backbone.py).
 
 Tolerances: log-probs from generate vs forward within 1e-4 (fp32, absolute, per token); identity
 at init and determinism are exact (0.0).
@@ -318,7 +318,7 @@ def test_fast_mode_reads_only_the_candidate_columns():
     assert float(w[~allowed].abs().max()) == 0.0 and (w[allowed] > 0).any()
 
 
-# latent noise (opt-in, cocova-lite.md §2.3) ------------------------------------------------------
+# latent noise (opt-in, docs/backbones.md) ------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode,image", [("cocova", False), ("fast", True)])

@@ -2,7 +2,7 @@
 
 import torch
 
-from rlattn.backbones.data import generate_key_lookup
+from rlattn.data.synthetic import generate_key_lookup
 from rlattn.backbones.warmup import _rows_to_batch, format_warmup
 
 from .conftest import build

@@ -121,7 +121,7 @@ def test_occlusion_map_by_hand():
 def test_quadrant_report_gives_no_grounding_to_a_policy_that_ignores_the_image():
     """With the image head's gain at 0 the patches are zero vectors whatever the pixels: every
     occlusion costs exactly 0 nats, so occlusion grounding is 0 (a bare argmax would say 1/4)."""
-    from rlattn.backbones.data import generate_quadrant
+    from rlattn.data.synthetic import generate_quadrant
     from rlattn.backbones.diagnostics import quadrant_report
 
     from .conftest import build
