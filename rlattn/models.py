@@ -15,7 +15,7 @@ Cache safety:
 
 ``resolve_model("embedded:smollm2-135m-instruct")`` returns the converted dir;
 ``resolve_model("tiny:llama-h64-l4")`` builds (once, seed 0) a small *randomly initialised* model
-with rlattn's byte tokenizer (``rlattn.testing``) for smoke runs and learn-from-scratch toy tasks;
+with rlattn's byte tokenizer (``rlattn.tiny``) for smoke runs and learn-from-scratch toy tasks;
 any other string (a local path or a hub id) is returned unchanged.
 """
 
@@ -192,7 +192,7 @@ _TINY_PATTERN = r"tiny:(llama|qwen2|qwen3)(?:-h(\d+))?(?:-l(\d+))?(-task)?(?:-i(
 def ensure_tiny(name: str, cache: Path | None = None) -> Path:
     """Build and save the random model ``tiny:<arch>[-h<hidden>][-l<layers>][-task][-i<std>]`` once
     (seed 0, 4 heads); return its dir. Defaults: hidden 64, 4 layers, a byte tokenizer, init std
-    0.02 (HF's). ``-task``: :func:`rlattn.testing.task_tokenizer` (the synthetic tasks' words are
+    0.02 (HF's). ``-task``: :func:`rlattn.tiny.task_tokenizer` (the synthetic tasks' words are
     single tokens). ``-i<std>``: the init std; at 0.02 a random 4-layer LM attends almost uniformly
     and its output barely depends on its input, at ~0.2 attention is peaked and a toy task is
     learnable in tens of steps (docs/backbones.md)."""
@@ -211,7 +211,7 @@ def ensure_tiny(name: str, cache: Path | None = None) -> Path:
     target = (cache or cache_dir()) / f"tiny-{arch}-h{hidden}-l{layers}{suffix}-s0"
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
-    from rlattn.testing import tiny_model
+    from rlattn.tiny import tiny_model
 
     model, tok = tiny_model(arch, num_layers=layers, hidden_size=hidden, num_heads=4, num_kv_heads=4,
                             intermediate_size=4 * hidden, init_std=init_std, seed=0, attn_implementation="sdpa",
@@ -236,3 +236,151 @@ def resolve_model(name_or_path: str, cache: Path | None = None) -> str:
     if name_or_path.startswith(TINY_PREFIX):
         return str(ensure_tiny(name_or_path, cache=cache))
     return name_or_path
+
+
+# ---------------------------------------------------------------------------------------------
+# The one loader: model specs -> (model, tokenizer), used by training, evaluation and the tools
+# ---------------------------------------------------------------------------------------------
+class ModelLoadError(ValueError):
+    """A model spec that names something which does not load; the message names the path."""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model, its tokenizer, and where it came from (written into reports)."""
+
+    spec: str
+    kind: str  # "embedded" | "tiny" | "checkpoint" | "adapter" | "hub"
+    path: str  # resolved dir or hub id
+    base: str | None  # adapters: the base model spec
+    model: object
+    tokenizer: object
+
+    def info(self) -> dict:
+        return {"spec": self.spec, "kind": self.kind, "path": self.path, "base": self.base}
+
+
+def parse_dtype(name):
+    """``"bfloat16"`` -> ``torch.bfloat16``; ``None`` / ``"auto"`` -> ``"auto"``; a torch dtype as is."""
+    import torch
+
+    if name in (None, "auto"):
+        return "auto"
+    if isinstance(name, torch.dtype):
+        return name
+    value = getattr(torch, str(name), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype={name!r} is not a torch dtype name (e.g. float32, bfloat16, float16, auto)")
+    return value
+
+
+def eos_token_ids(model_or_config, tokenizer=None) -> list[int]:
+    """Every id that ends a response: the generation config's ``eos_token_id`` (int or list) and
+    the tokenizer's, sorted. ``model_or_config`` is a model (its ``generation_config``), a
+    ``GenerationConfig`` or a model config."""
+    ids: set[int] = set()
+    cfg = getattr(model_or_config, "generation_config", model_or_config)
+    configured = getattr(cfg, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def load_tokenizer(source: str, revision: str | None = None):
+    """A tokenizer with left padding and a pad token (batched generation needs both)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, revision=revision)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1 or spec.endswith(os.sep)
+            or (os.sep == "\\" and "\\" in spec))
+
+
+def locate_model(spec: str) -> tuple[str, str, str | None]:
+    """``(kind, path, base)`` for a spec without loading weights; raises for missing paths.
+
+    ``embedded:`` and ``tiny:`` specs are not built here (``path`` is the spec itself).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"model {spec!r} must be a non-empty string")
+    expanded = os.path.expanduser(spec)
+    if is_embedded(spec):
+        return "embedded", spec, None
+    if spec.startswith(TINY_PREFIX):
+        return "tiny", spec, None
+    if os.path.isdir(expanded):
+        adapter_cfg = Path(expanded) / "adapter_config.json"
+        if adapter_cfg.is_file():
+            try:
+                base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise ModelLoadError(
+                    f"model {spec!r}: cannot read the base model from {adapter_cfg} ({type(err).__name__}: {err}); "
+                    "a PEFT adapter dir needs adapter_config.json with base_model_name_or_path"
+                ) from None
+            if not base:
+                raise ModelLoadError(f"model {spec!r}: {adapter_cfg} has an empty base_model_name_or_path")
+            return "adapter", expanded, base
+        if (Path(expanded) / "config.json").is_file():
+            return "checkpoint", expanded, None
+        raise FileNotFoundError(
+            f"model {spec!r}: {expanded} has neither config.json (a model checkpoint) nor "
+            "adapter_config.json (a PEFT/LoRA adapter); point at the dir that holds one of them"
+        )
+    if os.path.exists(expanded):
+        raise ModelLoadError(f"model {spec!r}: {expanded} is a file, not a checkpoint directory")
+    if _looks_like_path(spec):
+        raise FileNotFoundError(f"model {spec!r}: no such checkpoint directory: {expanded} (a hub id is 'org/name')")
+    return "hub", spec, None
+
+
+def load_model_and_tokenizer(spec: str, dtype="auto", attn_implementation: str = "sdpa", device: str | None = None,
+                             revision: str | None = None, eval_mode: bool = True) -> LoadedModel:
+    """Load any model spec: ``embedded:<name>``, ``tiny:<arch>...``, a checkpoint dir, a PEFT adapter
+    dir (its base, itself any spec, with the adapter merged in), or a hub id.
+
+    The tokenizer comes from the checkpoint/adapter dir when it has one, else from the base model.
+    ``eval_mode`` puts the model in eval mode; ``device`` moves it (None: leave it where it loads).
+    """
+    kind, path, base = locate_model(spec)
+    if kind in ("embedded", "tiny"):
+        path = resolve_model(spec)
+    try:
+        if kind == "adapter":
+            from peft import PeftModel
+
+            base_loaded = load_model_and_tokenizer(base, dtype=dtype, attn_implementation=attn_implementation,
+                                                   device=None, eval_mode=eval_mode)
+            has_tok = any((Path(path) / f).is_file() for f in TOKENIZER_FILES)
+            tokenizer = load_tokenizer(path) if has_tok else base_loaded.tokenizer
+            model = PeftModel.from_pretrained(base_loaded.model, path).merge_and_unload()
+        else:
+            from transformers import AutoModelForCausalLM
+
+            tokenizer = load_tokenizer(path, revision=revision)
+            model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=parse_dtype(dtype),
+                                                         attn_implementation=attn_implementation)
+    except ModelLoadError:
+        raise  # the base model of an adapter failed: that error already names it
+    except Exception as err:  # corrupt weights, bad config, hub/network failures, shape mismatches
+        raise ModelLoadError(f"model {spec!r}: cannot load {kind} from {path}: {type(err).__name__}: {err}") from err
+    if device is not None:
+        model.to(device)
+    if eval_mode:
+        model.eval()
+    if getattr(model.generation_config, "pad_token_id", None) is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(spec=spec, kind=kind, path=str(path), base=base, model=model, tokenizer=tokenizer)
