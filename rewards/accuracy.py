@@ -5,9 +5,13 @@ Why it looks like this:
 - The answer is the content of the completion's last *non-empty* ``\\boxed{}``
   (:func:`rlattn.rewards.extract.last_boxed`). Strict by default: no box, or only empty boxes,
   scores 0.0. ``fallback_last_number=True`` is the lenient variant: with no non-empty box, the
-  completion's last 1000 characters go to math-verify, whose extraction falls back to the last
-  number. Small models (the embedded SmolLM2-135M writes empty boxes) get no learning signal
-  at all from the strict reward; the lenient one gives them one.
+  completion's last plain number (:func:`rlattn.rewards.extract.last_number`: integer, decimal
+  or ``a/b``, digit-group commas removed) is graded, as ``\\boxed{<number>}``. So what is graded
+  is always a string we hold (:meth:`AccuracyReward.answer`), which evaluation stores and votes
+  with, rather than whatever math-verify's own extraction finds in the raw text. Small models
+  (the embedded SmolLM2-135M writes empty boxes) get no learning signal at all from the strict
+  reward; the lenient one gives them one. LaTeX outside a box is not read (``\\frac{1}{2}``
+  reads as ``2``): answers of that kind need the box.
 - Equivalence is math-verify's (``verify(parse(gold), parse(pred))``: ``\\frac{1}{2}`` =
   ``0.5`` = ``\\dfrac12``, ``x=3`` = ``3``, ``5\\text{ cm}`` = ``5``, intervals, sets, tuples).
   Gold answers in datasets are bare LaTeX, which math-verify does not parse, so a gold without
@@ -30,14 +34,11 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from .extract import completion_text, last_boxed
+from .extract import completion_text, last_boxed, last_number
 from .grader import BoundedGrader, _check_timeout, get_default_grader
 from .registry import register_reward
 
 __all__ = ["AccuracyReward", "get_accuracy_reward", "wrap_gold"]
-
-#: Characters of the completion's end that the lenient fallback hands to math-verify.
-FALLBACK_TAIL_CHARS = 1000
 
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 
@@ -58,15 +59,6 @@ def wrap_gold(gold: Any) -> str | None:
     return f"${gold}$"
 
 
-def _tail(text: str, n: int) -> str:
-    """The last ``n`` characters of ``text``, not starting in the middle of a word or number."""
-    if len(text) <= n:
-        return text
-    tail = text[-n:]
-    cut = re.search(r"\s", tail)
-    return tail[cut.end() :] if cut else tail
-
-
 class AccuracyReward:
     """Callable reward (picklable, unlike a closure); built by :func:`get_accuracy_reward`."""
 
@@ -80,15 +72,20 @@ class AccuracyReward:
     def __repr__(self) -> str:
         return f"AccuracyReward(fallback_last_number={self.fallback_last_number}, timeout={self.timeout})"
 
-    def prediction(self, completion: Any) -> str | None:
-        """What goes to math-verify for one completion, or None when it has no answer."""
+    def answer(self, completion: Any) -> tuple[str | None, bool]:
+        """``(answer, boxed)`` for one completion: the answer this reward grades (the last
+        non-empty ``\\boxed{}`` content; lenient, with no such box: the last number; else None)
+        and whether it came from a box."""
         text = completion_text(completion)
-        answer = last_boxed(text)
-        if answer is not None:
-            return f"\\boxed{{{answer}}}"
-        if self.fallback_last_number and text.strip():
-            return _tail(text, FALLBACK_TAIL_CHARS)
-        return None
+        boxed = last_boxed(text)
+        if boxed is not None:
+            return boxed, True
+        return (last_number(text) if self.fallback_last_number else None), False
+
+    def prediction(self, completion: Any) -> str | None:
+        """What goes to math-verify for one completion (``\\boxed{answer}``), or None when it has no answer."""
+        answer, _ = self.answer(completion)
+        return None if answer is None else f"\\boxed{{{answer}}}"
 
     def __call__(self, completions: Sequence[Any], solution: Sequence[Any] | None = None, **kwargs) -> list[float | None]:
         if solution is None:
@@ -123,7 +120,8 @@ def get_accuracy_reward(
 
     Args:
         fallback_last_number: with no non-empty ``\\boxed{}``, grade the completion's last
-            number (math-verify's fallback) instead of scoring 0.0. Default False (strict).
+            plain number (:func:`~rlattn.rewards.extract.last_number`) instead of scoring 0.0.
+            Default False (strict).
         timeout: seconds of grading per sample before it counts as ``None``.
         grader: the :class:`BoundedGrader` to use (default: the process-wide shared one).
     """

@@ -13,6 +13,11 @@ Why a module of its own: every reward has to agree on what "the model's answer" 
   wrapped around a box is unwrapped). Linear time whatever the input, so a completion made of
   100k opening braces costs milliseconds, not a hang.
 - :func:`last_tag`: the content of the last ``<tag>...</tag>`` pair.
+- :func:`last_number`: the last plain number (integer, decimal or simple fraction ``a/b``) in
+  the text, with the commas of digit groups removed (``1,234.5`` -> ``1234.5``). It is what the
+  lenient accuracy reward grades when a completion has no box, so the graded answer is a string
+  the caller holds (and can store, vote with and show). One regex pass, no backtracking into a
+  digit run: linear time, so 100k digits or 100k parentheses cost milliseconds.
 """
 
 from __future__ import annotations
@@ -20,11 +25,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["completion_text", "find_boxed", "last_boxed", "last_tag"]
+__all__ = ["completion_text", "find_boxed", "last_boxed", "last_number", "last_tag"]
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # After a brace-less ``\boxed``: one token, e.g. ``\boxed 5`` or ``\boxed -3.5``.
 _BARE_TOKEN = re.compile(r"[ \t]+([^\s$]+)")
+# A plain number: an optional sign (not after a word, number or closing bracket: "5-3" is two
+# numbers, "x = -3" is one), digits with optional ",ddd" groups, an optional ".ddd" part, and an
+# optional "/denominator". Everything after the first digit run is optional, so a match never
+# backtracks into it (linear time). A trailing "." is not part of a number ("7." -> "7").
+_DIGITS = r"\d+(?:,\d{3}(?!\d))*"
+_NUMBER = re.compile(rf"(?:(?<![\w)\]}}])-)?{_DIGITS}(?:\.\d+)?(?:/{_DIGITS}(?!\.\d))?")
 
 
 def completion_text(completion: Any) -> str:
@@ -138,6 +149,19 @@ def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
     while end > start and text[end - 1].isspace():
         end -= 1
     return start, end
+
+
+def last_number(text: str) -> str | None:
+    """The last plain number in ``text`` (commas between digit groups removed), or None.
+
+    ``"so 3 + 4 = 7."`` -> ``"7"``; ``"1,234 apples"`` -> ``"1234"``; ``"x = -2.5"`` -> ``"-2.5"``;
+    ``"3/4 of it"`` -> ``"3/4"``; ``"5-3"`` -> ``"3"`` (a minus after a digit is not a sign).
+    LaTeX is not parsed: ``\\frac{1}{2}`` reads as ``"2"`` (a box is the way to give such answers).
+    """
+    last = None
+    for last in _NUMBER.finditer(text):
+        pass
+    return None if last is None else last.group(0).replace(",", "")
 
 
 def last_tag(text: str, tag: str) -> str | None:

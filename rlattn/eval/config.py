@@ -10,6 +10,12 @@ The *protocol* (what makes two reports comparable: n per dataset, k values, temp
 max_new_tokens, template, grading) is :meth:`EvalConfig.protocol`; it is written into every
 report and its fingerprint into every per-sample record, so a resumed run never mixes samples
 drawn under different settings.
+
+Grading: ``grading: [strict, lenient]`` grades every sample both ways and reports both (the first
+listed is the headline of the summary and plots); unset, it is ``[lenient]`` when
+``accuracy_fallback_last_number`` is true, else ``[strict]`` (:meth:`EvalConfig.gradings`).
+Paired comparisons against the first model (``bootstrap_resamples``, ``bootstrap_seed``) are
+computed from the samples at report time and are not part of the protocol.
 """
 
 from __future__ import annotations
@@ -20,13 +26,17 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-__all__ = ["BACKENDS", "PAPER_TABLES", "EvalConfig", "default_k_values", "parse_eval_args"]
+__all__ = ["BACKENDS", "GRADINGS", "PAPER_TABLES", "EvalConfig", "default_k_values", "parse_eval_args"]
 
 #: Generation backends ``backend`` accepts (``vllm`` needs vllm installed: docs/evaluation.md).
 BACKENDS = ("transformers", "vllm")
 
+#: ``grading`` entries: strict = the last non-empty \boxed{} only; lenient = that, else the last number.
+GRADINGS = ("strict", "lenient")
+_ANSWER_RULES = {"strict": "last non-empty \\boxed{}", "lenient": "last non-empty \\boxed{} (else the last number)"}
+
 #: ``paper_table`` values: which Table 4 block of arXiv 2510.13554 the report quotes next to the
-#: measured numbers (paper-notes.md §C).
+#: measured numbers (docs/paper.md).
 PAPER_TABLES = ("none", "qwen3_4b_1k", "qwen3_8b_1k", "qwen3_4b_8k")
 
 
@@ -74,9 +84,14 @@ class EvalConfig:
     torch_threads: int | None = field(default=None, metadata=_h("CPU threads for torch (None: torch's default). On a CPU shared with other jobs, 1 avoids thread oversubscription, which was measured to slow decoding over 10x."))
 
     # --- grading (the training reward's bounded grader) ---
-    accuracy_fallback_last_number: bool = field(default=False, metadata=_h("Grade the last number when a response has no non-empty \\boxed{} (the lenient accuracy reward). Default false: strict, as benchmarks are usually reported."))
+    accuracy_fallback_last_number: bool = field(default=False, metadata=_h("Grade the last number when a response has no non-empty \\boxed{} (the lenient accuracy reward). Default false: strict, as benchmarks are usually reported. Shorthand for grading: [lenient]."))
+    grading: list[str] | None = field(default=None, metadata=_h("Gradings to report, each 'strict' (last non-empty \\boxed{} only) or 'lenient' (else the last number); [strict, lenient] grades every sample both ways and reports both, the first listed being the headline (summary, plots). None: [lenient] if accuracy_fallback_last_number, else [strict]."))
     grade_timeout_s: float = field(default=5.0, metadata=_h("Per-sample grading bound, enforced by killing the grader worker; a sample that hits it is counted and listed as ungraded."))
     grade_workers: int | None = field(default=None, metadata=_h("Grader worker processes (None: min(4, CPU count))."))
+
+    # --- paired comparison against the first model (report only) ---
+    bootstrap_resamples: int = field(default=10_000, metadata=_h("Bootstrap resamples over problems for the 95 % interval of each model's paired difference against the first model (at least 2000)."))
+    bootstrap_seed: int = field(default=0, metadata=_h("Seed of the bootstrap resampling (fixed, so a report is reproducible)."))
 
     # --- outputs ---
     output_dir: str = field(default="outputs/eval", metadata=_h("Where report.md, report.json, samples.jsonl and plots/ go."))
@@ -123,6 +138,11 @@ class EvalConfig:
             raise ValueError(f"dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        if isinstance(self.bootstrap_resamples, bool) or not isinstance(self.bootstrap_resamples, int) or self.bootstrap_resamples < 2000:
+            raise ValueError(f"bootstrap_resamples={self.bootstrap_resamples!r} must be an integer >= 2000 (fewer makes the 2.5 % tails of the interval noisy)")
+        if isinstance(self.bootstrap_seed, bool) or not isinstance(self.bootstrap_seed, int) or self.bootstrap_seed < 0:
+            raise ValueError(f"bootstrap_seed={self.bootstrap_seed!r} must be a non-negative integer")
+        self.gradings()  # validates grading against accuracy_fallback_last_number
         if self.paper_table not in PAPER_TABLES:
             raise ValueError(f"paper_table={self.paper_table!r} is not one of {', '.join(PAPER_TABLES)}")
         from rlattn.data import get_template
@@ -168,6 +188,20 @@ class EvalConfig:
             out[name] = count
         return out
 
+    def gradings(self) -> list[str]:
+        """The gradings reported, headline first: ``grading``, or the one ``accuracy_fallback_last_number`` names."""
+        if self.grading is None:
+            return ["lenient" if self.accuracy_fallback_last_number else "strict"]
+        grading = _str_list(self.grading, "grading")
+        if not grading or any(g not in GRADINGS for g in grading) or len(set(grading)) != len(grading):
+            raise ValueError(f"grading={self.grading!r} must list {' and/or '.join(GRADINGS)}, each once, e.g. [strict, lenient]")
+        if self.accuracy_fallback_last_number and "lenient" not in grading:
+            raise ValueError(
+                f"accuracy_fallback_last_number=true asks for lenient grading but grading={grading!r} leaves it out; "
+                "add lenient to grading or set accuracy_fallback_last_number: false"
+            )
+        return grading
+
     def k_for(self, dataset: str) -> list[int]:
         """The k of pass@k / maj@k for one dataset."""
         n = self.n_per_dataset()[dataset]
@@ -175,6 +209,7 @@ class EvalConfig:
 
     def protocol(self) -> dict:
         """The settings that decide what a sample is and how it is scored (written into reports)."""
+        gradings = self.gradings()
         return {
             "n": self.n_per_dataset(),
             "k": {d: self.k_for(d) for d in self.datasets},
@@ -188,7 +223,8 @@ class EvalConfig:
             "backend": self.backend,
             "grading": {
                 "grader": "rlattn.rewards BoundedGrader (math-verify in worker processes), as the accuracy reward",
-                "answer": "last non-empty \\boxed{}" + (" (else the last number)" if self.accuracy_fallback_last_number else ""),
+                "gradings": gradings,  # the headline first
+                "answer": "; ".join((f"{g}: " if len(gradings) > 1 else "") + _ANSWER_RULES[g] for g in gradings),
                 "timeout_s": float(self.grade_timeout_s),
             },
         }
@@ -202,8 +238,10 @@ class EvalConfig:
             "prompt_template": str(self.prompt_template),
             "seed": self.seed,
             "backend": self.backend,
-            "fallback": self.accuracy_fallback_last_number,
+            "fallback": self.gradings() == ["lenient"],  # as before `grading` existed, so older runs resume
         }
+        if len(self.gradings()) > 1:
+            keys["grading"] = self.gradings()  # every sample carries each of these grades
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict:
@@ -251,7 +289,7 @@ def parse_eval_args(argv: Sequence[str] | None = None) -> EvalConfig:
     """Parse an :class:`EvalConfig` from ``[recipe.yaml] [--key value ...]`` (TrlParser conventions)."""
     from trl import TrlParser
 
-    from rlattn.cli import normalise_argv
+    from rlattn.utils import normalise_argv
 
     argv = _collect_model_flags(normalise_argv(sys.argv[1:] if argv is None else argv))
     parser = TrlParser((EvalConfig,))

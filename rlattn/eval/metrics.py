@@ -10,9 +10,10 @@ Why these definitions (a report is only useful if its numbers mean one thing):
   exact integers (``math.comb``) and one correctly rounded division, so it is exact for any n
   (no ``1 - prod`` cancellation, no float overflow); ``pass@k`` with ``k = 1`` equals ``c / n``.
 - **maj@k**: majority vote over the problem's *first* k samples (sample index order, so the
-  value is deterministic and maj@n uses every sample). Answers are grouped by their
-  **normalised answer string** (:func:`normalise_answer`: the extracted ``\\boxed{}`` content
-  with whitespace, ``\\left``/``\\right``, ``\\!``/``\\,`` spacing, ``\\dfrac``/``\\tfrac`` and a
+  value is deterministic and maj@n uses every sample). Each sample votes with the answer that
+  was **graded** (the ``\\boxed{}`` content; under lenient grading, for a sample with no box,
+  its last number), so with k = 1 maj@1 equals pass@1. Answers are grouped by their
+  **normalised answer string** (:func:`normalise_answer`: the graded answer with whitespace, ``\\left``/``\\right``, ``\\!``/``\\,`` spacing, ``\\dfrac``/``\\tfrac`` and a
   trailing period removed or unified), not through the grader, because grouping by grader
   equivalence costs O(k^2) grader calls per problem. So ``0.5`` and ``\\frac12`` are two
   groups. Samples without an answer do not vote; a problem where no sample answered scores 0.
@@ -75,7 +76,7 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool | None], k: i
     """Is the majority answer among the first ``k`` samples correct? (tie rule: module docstring)
 
     Args:
-        answers: extracted answers in sample order (``None``: no answer; does not vote).
+        answers: graded answers in sample order (``None``: no answer; does not vote).
         correct: the grade of each sample (``None``: ungraded).
         k: how many of the first samples vote; ``1 <= k <= len(answers)``.
     """
@@ -102,10 +103,15 @@ class ProblemSamples:
     """All graded samples of one problem, in sample-index order."""
 
     problem_id: str
-    answers: list[str | None]
+    answers: list[str | None]  # the graded answers (None: nothing was graded)
     correct: list[bool | None]
     lengths: list[int]
     truncated: list[bool]
+    boxed: list[bool] | None = None  # has a non-empty \boxed{} (None: answers is not None, as under strict grading)
+
+    def __post_init__(self):
+        if self.boxed is None:
+            self.boxed = [a is not None for a in self.answers]
 
     @property
     def n(self) -> int:
@@ -140,7 +146,7 @@ def dataset_metrics(problems: Iterable[ProblemSamples], n: int, k_values: Sequen
         out[f"pass@{k}"] = sum(pass_at_k(n, p.num_correct, k) for p in problems) / count
     for k in k_values:
         out[f"maj@{k}"] = sum(maj_at_k(p.answers, p.correct, k) for p in problems) / count
-    out["format_rate"] = sum(a is not None for p in problems for a in p.answers) / samples
+    out["format_rate"] = sum(b for p in problems for b in p.boxed) / samples
     out["mean_length"] = sum(sum(p.lengths) for p in problems) / samples
     out["truncation_rate"] = sum(sum(p.truncated) for p in problems) / samples
     out["ungraded"] = sum(c is None for p in problems for c in p.correct)

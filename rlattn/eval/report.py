@@ -1,14 +1,17 @@
 """Writing an :class:`EvalReport`: ``report.md``, ``report.json`` and PNG plots.
 
 Why these three: ``report.md`` is what a person reads (protocol first, then one summary table
-of avg@n with deltas against the first model, then per-dataset tables of every metric, then
-every ungraded sample); ``report.json`` is the same numbers for scripts (rates as fractions);
+of avg@n with deltas against the first model, then the **paired differences** against the first
+model with their 95 % bootstrap intervals, wins/losses/ties and sign-test p-values, then
+per-dataset tables of every metric, then every ungraded sample; with ``grading: [strict,
+lenient]`` the summary, the paired table and the grading-dependent rows appear per grading);
+``report.json`` is the same numbers for scripts (rates as fractions);
 the plots are what a person looks at first (``plots/accuracy.png``: avg@n per dataset, one bar
 per model; ``plots/pass_at_k.png``: pass@k (solid) and maj@k (dashed) against k, one panel per
 dataset). Matplotlib runs headless (Agg backend).
 
 Deltas are in percentage points against the first model (``+1.5``), and so are the paper's
-Table 4 rows (``paper_table``), quoted as published (arXiv 2510.13554 v2, paper-notes.md §C).
+Table 4 rows (``paper_table``), quoted as published (arXiv 2510.13554 v2, docs/paper.md).
 """
 
 from __future__ import annotations
@@ -72,9 +75,9 @@ def _delta(value: float, base: float, scale: float = 100.0, digits: int = 1) -> 
     return f"{d:+.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: bool = True) -> list[str]:
-    """A markdown table; ``numeric`` right-aligns every column but the first."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 or not numeric else "---:" for i in range(len(header))) + "|"]
+def _table(header: list[str], rows: list[list[str]], numeric: bool = True, text_cols: int = 1) -> list[str]:
+    """A markdown table; ``numeric`` right-aligns every column but the first ``text_cols``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < text_cols or not numeric else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
 
@@ -83,18 +86,23 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _metric_rows(ds: dict) -> list[tuple[str, str, str]]:
-    """(key, label, kind) for one dataset's table; kind: rate | tokens | count."""
+def _metric_rows(ds: dict, gradings: list[str]) -> list[tuple[str, str, str, str]]:
+    """(grading, key, label, kind) for one dataset's table; kind: rate | tokens | count. Rows that
+    do not depend on the grading come once, under the headline grading."""
     n, ks = ds["n"], ds["k"]
-    rows = [(f"avg@{n}", f"avg@{n} (%)", "rate")]
-    rows += [(f"pass@{k}", f"pass@{k} (%)", "rate") for k in ks]
-    rows += [(f"maj@{k}", f"maj@{k} (%)", "rate") for k in ks]
+    rows = []
+    for g in gradings:
+        tag = f", {g}" if len(gradings) > 1 else ""
+        rows += [(g, f"avg@{n}", f"avg@{n} (%{tag})", "rate")]
+        rows += [(g, f"pass@{k}", f"pass@{k} (%{tag})", "rate") for k in ks]
+        rows += [(g, f"maj@{k}", f"maj@{k} (%{tag})", "rate") for k in ks]
+    head = gradings[0]
     rows += [
-        ("format_rate", "format: non-empty \\boxed{} (%)", "rate"),
-        ("mean_length", "mean response length (tokens)", "tokens"),
-        ("truncation_rate", "truncated: no EOS within max_new_tokens (%)", "rate"),
-        ("ungraded", "ungraded samples (count)", "count"),
+        (head, "format_rate", "format: non-empty \\boxed{} (%)", "rate"),
+        (head, "mean_length", "mean response length (tokens)", "tokens"),
+        (head, "truncation_rate", "truncated: no EOS within max_new_tokens (%)", "rate"),
     ]
+    rows += [(g, "ungraded", "ungraded samples (count" + (f", {g})" if len(gradings) > 1 else ")"), "count") for g in gradings]
     return rows
 
 
@@ -153,20 +161,30 @@ def render_markdown(report) -> str:
         numeric=False,
     )
 
-    # ---- summary: avg@n per dataset and the mean over datasets ----
+    # ---- summary: avg@n per dataset and the mean over datasets (one table per grading) ----
+    gradings = report.gradings
+    by_grading = report.results_by_grading or {gradings[0]: report.results}
     lines += ["", "## Summary: avg@n (%)", "", "avg@n is pass@1 averaged over the n samples of each problem; mean = unweighted mean over datasets.", ""]
     header = ["model"] + [f"{d['name']} (avg@{d['n']})" for d in datasets] + (["mean"] if len(datasets) > 1 else [])
-    rows = []
-    base_vals = [report.results[base][d["name"]][f"avg@{d['n']}"] for d in datasets]
-    for label in labels:
-        vals = [report.results[label][d["name"]][f"avg@{d['n']}"] for d in datasets]
-        if len(datasets) > 1:
-            vals_all, base_all = vals + [sum(vals) / len(vals)], base_vals + [sum(base_vals) / len(base_vals)]
-        else:
-            vals_all, base_all = vals, base_vals
-        cells = [_pct(v) if label == base else f"{_pct(v)} ({_delta(v, b)})" for v, b in zip(vals_all, base_all)]
-        rows.append([label] + cells)
-    lines += _table(header, rows)
+    for i, g in enumerate(gradings):
+        results = by_grading[g]
+        if len(gradings) > 1:
+            lines += ([""] if i else []) + [f"Grading **{g}**" + (" (headline)" if i == 0 else "") + ":", ""]
+        rows = []
+        base_vals = [results[base][d["name"]][f"avg@{d['n']}"] for d in datasets]
+        for label in labels:
+            vals = [results[label][d["name"]][f"avg@{d['n']}"] for d in datasets]
+            if len(datasets) > 1:
+                vals_all, base_all = vals + [sum(vals) / len(vals)], base_vals + [sum(base_vals) / len(base_vals)]
+            else:
+                vals_all, base_all = vals, base_vals
+            cells = [_pct(v) if label == base else f"{_pct(v)} ({_delta(v, b)})" for v, b in zip(vals_all, base_all)]
+            rows.append([label] + cells)
+        lines += _table(header, rows)
+
+    paired = _paired_section(report)
+    if paired:
+        lines += [""] + paired
 
     paper = _paper_section(report)
     if paper:
@@ -179,11 +197,11 @@ def render_markdown(report) -> str:
         lines += [f"### {name}: {d['problems']} problems x n={d['n']}", ""]
         header = ["metric"] + [lbl if lbl == base else f"{lbl} (Δ)" for lbl in labels]
         rows = []
-        for key, text, kind in _metric_rows(d):
-            b = report.results[base][name][key]
+        for g, key, text, kind in _metric_rows(d, gradings):
+            b = by_grading[g][base][name][key]
             cells = []
             for lbl in labels:
-                v = report.results[lbl][name][key]
+                v = by_grading[g][lbl][name][key]
                 cells.append(_fmt(v, kind) if lbl == base else f"{_fmt(v, kind)} ({_fmt_delta(v, b, kind)})")
             rows.append([text] + cells)
         lines += _table(header, rows) + [""]
@@ -219,15 +237,53 @@ def render_markdown(report) -> str:
         "",
         "- **avg@n**: mean over problems of (correct samples / n), i.e. pass@1 estimated from n samples.",
         "- **pass@k**: unbiased estimator 1 - C(n-c, k) / C(n, k) per problem (c correct of n), averaged over problems.",
-        "- **maj@k**: majority vote over each problem's first k samples; answers grouped by normalised `\\boxed{}` string; "
-        "ties go to the answer seen first; samples without an answer do not vote.",
+        "- **maj@k**: majority vote over each problem's first k samples; each sample votes with its graded answer (the `\\boxed{}` "
+        "content; lenient, without a box: the last number), grouped by normalised string; ties go to the answer seen first; "
+        "samples without an answer do not vote.",
+        "- **paired difference**: per problem, the model's score (correct / n) minus the first model's on the same problem; Δ is "
+        "its mean (the avg@n delta); the interval resamples problems; the sign test counts problems won and lost.",
         "- **format**: share of samples with a non-empty `\\boxed{}`. **truncated**: no EOS within max_new_tokens. "
         "**length**: response tokens before EOS.",
         "",
-        f"Per-sample records (completion, extracted answer, gold, correct): `{Path(report.files.get('samples', 'samples.jsonl')).name}`.",
+        f"Per-sample records (completion, graded answer, boxed, gold, correct per grading): `{Path(report.files.get('samples', 'samples.jsonl')).name}`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _signed(x: float) -> str:
+    """A fraction as signed percentage points, ``±0`` when it rounds to zero."""
+    return _delta(x, 0.0)
+
+
+def _p_value(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _paired_section(report) -> list[str]:
+    """'Paired differences vs <first model>': one row per (grading,) dataset and model after the first."""
+    paired = report.paired or {}
+    rows = paired.get("rows") or []
+    if not rows:
+        return []
+    several = len(report.gradings) > 1
+    lines = [
+        f"## Paired differences vs {_md_escape(paired['baseline'])}",
+        "",
+        f"Per problem: the model's score (correct samples / n) minus **{paired['baseline']}**'s on the same problem. Δ is the mean "
+        f"of those differences in percentage points (the avg@n delta above). 95 % CI: percentile bootstrap over problems "
+        f"({paired['resamples']} resamples, seed {paired['seed']}). Wins / losses / ties: problems where the model scores higher / "
+        "lower / the same. p: two-sided exact sign test on wins vs losses (for n = 1, McNemar's exact test).",
+        "",
+    ]
+    header = ["dataset", "model"] + (["grading"] if several else []) + ["Δ (points)", "95 % CI", "wins / losses / ties", "p"]
+    body = []
+    for r in rows:
+        cells = [r["dataset"], _md_escape(r["model"])] + ([r["grading"]] if several else [])
+        cells += [_signed(r["delta"]), f"[{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]",
+                  f"{r['wins']} / {r['losses']} / {r['ties']}", _p_value(r["p_value"])]
+        body.append(cells)
+    return lines + _table(header, body, text_cols=3 if several else 2)
 
 
 def _paper_section(report) -> list[str]:

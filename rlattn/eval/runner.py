@@ -8,6 +8,17 @@ missing ones. A line cut short by a kill is skipped. Each record carries the fin
 sampling/grading settings (:meth:`EvalConfig.sample_fingerprint`); samples drawn under other
 settings are refused with an error rather than mixed in (``resume: false`` starts over).
 
+A record holds the sample's text and, per grading the run reports (``grades``), the graded
+answer and verdict; ``answer`` / ``correct`` repeat the headline grading's, and ``boxed`` says
+whether it has a non-empty box. Records written before ``boxed`` / ``grades`` existed are
+upgraded on load (:func:`_upgrade_legacy_records`): ``boxed`` is ``answer is not None`` (they
+stored the box content), and under lenient grading the unboxed ones are graded again by the
+current rule, so that their stored answer is the graded one.
+
+The report adds, for every model after the first, its **paired difference** against the first
+on each dataset and grading (:mod:`rlattn.eval.stats`: per-problem c/n differences, bootstrap
+interval over problems, wins/losses/ties, sign test).
+
 Order of work: datasets are loaded and model specs located first, so an unknown dataset or a
 missing checkpoint fails before any generation; then, per model, only models with missing
 samples are loaded (a fully cached model is not even loaded); per dataset, the missing samples
@@ -28,9 +39,10 @@ from typing import Callable
 
 from .config import EvalConfig
 from .generate import check_backend, generate_batch, load_vllm_model, seed_from
-from .grade import grade_completions
+from .grade import grade_completions, grade_samples
 from .loading import load_eval_model, locate_model, model_label
 from .metrics import ProblemSamples, dataset_metrics
+from .stats import paired_difference
 
 __all__ = ["EvalReport", "SampleStore", "evaluate"]
 
@@ -42,32 +54,43 @@ SAMPLES_FILE = "samples.jsonl"
 @dataclass
 class EvalReport:
     """What :func:`evaluate` measured; ``results[model_label][dataset]`` is a metrics dict
-    (:func:`rlattn.eval.metrics.dataset_metrics`: rates as fractions, lengths in tokens)."""
+    (:func:`rlattn.eval.metrics.dataset_metrics`: rates as fractions, lengths in tokens) under the
+    headline grading, ``results_by_grading[grading]`` the same for every reported grading."""
 
     protocol: dict
     models: list[dict]  # label, spec, kind, path, base; the first is the baseline of every delta
     datasets: list[dict]  # name, problems, n, k
     results: dict[str, dict[str, dict]]
-    ungraded: list[dict]  # model, dataset, problem_id, sample_index, answer
+    ungraded: list[dict]  # model, dataset, problem_id, sample_index, answer, gradings (where it is ungraded)
     config: dict
     output_dir: str
     files: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # reused / generated samples this run
+    gradings: list[str] = field(default_factory=lambda: ["strict"])  # the headline first
+    results_by_grading: dict[str, dict[str, dict[str, dict]]] = field(default_factory=dict)
+    # paired differences vs the first model: method settings + rows (grading, dataset, model,
+    # problems, delta, ci_low, ci_high as fractions; wins, losses, ties; p_value)
+    paired: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
         return [m["label"] for m in self.models]
 
-    def metric(self, model: str, dataset: str, key: str):
-        """One number, e.g. ``report.metric("base", "math500", "pass@1")``."""
-        return self.results[model][dataset][key]
+    def metric(self, model: str, dataset: str, key: str, grading: str | None = None):
+        """One number, e.g. ``report.metric("base", "math500", "pass@1")`` (headline grading unless named)."""
+        if grading is None:
+            return self.results[model][dataset][key]
+        return self.results_by_grading[grading][model][dataset][key]
 
     def to_dict(self) -> dict:
         return {
             "protocol": self.protocol,
             "models": self.models,
             "datasets": self.datasets,
+            "gradings": self.gradings,
             "results": self.results,
+            "results_by_grading": self.results_by_grading,
+            "paired": self.paired,
             "ungraded": self.ungraded,
             "counts": self.counts,
             "config": self.config,
@@ -124,6 +147,10 @@ class SampleStore:
             os.fsync(fh.fileno())
         for rec in records:
             self.records[self.key(rec["model"], rec["dataset"], rec["problem_id"], rec["sample_index"])] = rec
+
+    def rewrite(self) -> None:
+        """Write the file again from the records held (after an upgrade of old records)."""
+        self._rewrite()
 
     def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".jsonl.tmp")
@@ -203,6 +230,7 @@ def evaluate(
     own_grader = grader is None
     if own_grader:
         grader = BoundedGrader(num_workers=config.grade_workers, timeout=config.grade_timeout_s)
+    gradings = config.gradings()
     counts = {"reused": 0, "generated": 0}
     device = _device(config.device)
     if config.torch_threads is not None:
@@ -211,6 +239,7 @@ def evaluate(
         torch.set_num_threads(config.torch_threads)
 
     try:
+        _upgrade_legacy_records(store, gradings, grader, config.grade_timeout_s)
         for info in model_infos:
             spec, label = info["spec"], info["label"]
             todo: dict[str, list[tuple[dict, int]]] = {}
@@ -240,7 +269,7 @@ def evaluate(
             info.update(loaded.info(), label=label)
             try:
                 for name, missing in todo.items():
-                    _run_dataset(config, store, grader, loaded, label, name, missing, fingerprint, on_batch, counts)
+                    _run_dataset(config, store, grader, loaded, label, name, missing, fingerprint, on_batch, counts, gradings)
             finally:
                 close = getattr(loaded, "close", None)
                 if close is not None:
@@ -251,38 +280,48 @@ def evaluate(
         if own_grader:
             grader.close()
 
-    # ---- aggregate from the store (reused and new samples alike) ----
-    results: dict[str, dict[str, dict]] = {}
+    # ---- aggregate from the store (reused and new samples alike), per grading ----
+    by_grading: dict[str, dict[str, dict[str, dict]]] = {g: {} for g in gradings}
+    scores: dict[tuple, list[float]] = {}  # (grading, label, dataset) -> per-problem c/n, dataset order
     ungraded: list[dict] = []
     for info in model_infos:
-        per_model = results.setdefault(info["label"], {})
         for name, ds in data.items():
-            problems = []
-            for row in ds:
-                recs = [store.get(info["spec"], name, row["id"], s) for s in range(n_per[name])]
-                problems.append(
+            n = n_per[name]
+            recs_by_problem = [[store.get(info["spec"], name, row["id"], s) for s in range(n)] for row in ds]
+            for g in gradings:
+                problems = [
                     ProblemSamples(
                         problem_id=str(row["id"]),
-                        answers=[r["answer"] for r in recs],
-                        correct=[r["correct"] for r in recs],
+                        answers=[r["grades"][g]["answer"] for r in recs],
+                        correct=[r["grades"][g]["correct"] for r in recs],
                         lengths=[r["length"] for r in recs],
                         truncated=[r["truncated"] for r in recs],
+                        boxed=[r["boxed"] for r in recs],
                     )
-                )
+                    for row, recs in zip(ds, recs_by_problem)
+                ]
+                by_grading[g].setdefault(info["label"], {})[name] = dataset_metrics(problems, n, config.k_for(name))
+                scores[(g, info["label"], name)] = [p.num_correct / n for p in problems]  # [problems]
+            for recs in recs_by_problem:
                 for r in recs:
-                    if r["correct"] is None:
-                        ungraded.append({k: r[k] for k in ("model", "model_label", "dataset", "problem_id", "sample_index", "answer")})
-            per_model[name] = dataset_metrics(problems, n_per[name], config.k_for(name))
+                    where = [g for g in gradings if r["grades"][g]["correct"] is None]
+                    if where:
+                        entry = {k: r[k] for k in ("model", "model_label", "dataset", "problem_id", "sample_index", "answer")}
+                        ungraded.append({**entry, "gradings": where})
+    paired = _paired_differences(config, gradings, [m["label"] for m in model_infos], list(data), scores)
     report = EvalReport(
         protocol=config.protocol(),
         models=model_infos,
         datasets=[{"name": name, "problems": len(ds), "n": n_per[name], "k": config.k_for(name)} for name, ds in data.items()],
-        results=results,
+        results=by_grading[gradings[0]],
         ungraded=ungraded,
         config=config.to_dict(),
         output_dir=str(out),
         files={"samples": str(store.path)},
         counts=counts,
+        gradings=gradings,
+        results_by_grading=by_grading,
+        paired=paired,
     )
     if write:
         from .report import write_report
@@ -291,7 +330,54 @@ def evaluate(
     return report
 
 
-def _run_dataset(config, store, grader, loaded, label, name, missing, fingerprint, on_batch, counts) -> None:
+def _paired_differences(config, gradings, labels, datasets, scores) -> dict:
+    """Every model after the first against the first, per grading and dataset (:func:`paired_difference`)."""
+    rows = []
+    for g in gradings:
+        for name in datasets:
+            base = scores[(g, labels[0], name)]
+            for label in labels[1:]:
+                stats = paired_difference(base, scores[(g, label, name)], resamples=config.bootstrap_resamples, seed=config.bootstrap_seed, level=0.95)
+                rows.append({"grading": g, "dataset": name, "model": label, **stats})
+    return {
+        "baseline": labels[0],
+        "metric": "avg@n per problem (c/n); delta = model - baseline, as a fraction",
+        "interval": "95 % percentile bootstrap over problems",
+        "level": 0.95,
+        "resamples": config.bootstrap_resamples,
+        "seed": config.bootstrap_seed,
+        "p_value": "two-sided exact sign test on wins vs losses (McNemar's exact test for n = 1)",
+        "rows": rows,
+    }
+
+
+def _upgrade_legacy_records(store: SampleStore, gradings: list[str], grader, timeout: float) -> None:
+    """Give records from before ``boxed`` / ``grades`` existed the current fields (module docstring).
+
+    Such a record matched the fingerprint, so its run had one grading, ``gradings[0]``. It stored
+    the box content as ``answer``, so ``boxed = answer is not None``. A lenient record without a
+    box was graded by math-verify's own extraction of the raw text, and stored no answer: it is
+    graded again by the current rule (the last number), so that it votes with what it scored.
+    """
+    legacy = [r for r in store.records.values() if "grades" not in r]
+    if not legacy:
+        return
+    (grading,) = gradings  # a multi-grading fingerprint never matches a legacy record
+    for r in legacy:
+        r["boxed"] = r["answer"] is not None
+    regrade = [r for r in legacy if grading == "lenient" and not r["boxed"]]
+    if regrade:
+        graded = grade_completions([r["completion"] for r in regrade], [r["gold"] for r in regrade], grader,
+                                   timeout=timeout, fallback_last_number=True)
+        for r, grade in zip(regrade, graded):
+            r["answer"], r["correct"] = grade.answer, grade.correct
+    for r in legacy:
+        r["grades"] = {grading: {"answer": r["answer"], "correct": r["correct"]}}
+    store.rewrite()
+    logger.info("%s: %d record(s) from an older version upgraded (%d unboxed lenient ones graded again)", store.path, len(legacy), len(regrade))
+
+
+def _run_dataset(config, store, grader, loaded, label, name, missing, fingerprint, on_batch, counts, gradings) -> None:
     """Generate and grade the missing samples of one (model, dataset), batch by batch."""
     if not missing:
         return
@@ -309,30 +395,32 @@ def _run_dataset(config, store, grader, loaded, label, name, missing, fingerprin
                 top_p=config.top_p,
                 seed=seed_from(config.seed, loaded.spec, name, first_row["id"], first_s),
             )
-            grades = grade_completions(
+            graded = grade_samples(
                 [g.text for g in gens],
                 [row["solution"] for row, _ in batch],
                 grader,
+                gradings=gradings,
                 timeout=config.grade_timeout_s,
-                fallback_last_number=config.accuracy_fallback_last_number,
-            )
-            records = [
-                {
+            )  # {grading: [SampleGrade per sample]}
+            records = []
+            for i, ((row, s), gen) in enumerate(zip(batch, gens)):
+                head = graded[gradings[0]][i]
+                records.append({
                     "model": loaded.spec,
                     "model_label": label,
                     "dataset": name,
                     "problem_id": str(row["id"]),
                     "sample_index": s,
                     "completion": gen.text,
-                    "answer": grade.answer,
+                    "answer": head.answer,  # the headline grading's graded answer
+                    "boxed": head.boxed,
                     "gold": row["solution"],
-                    "correct": grade.correct,
+                    "correct": head.correct,
+                    "grades": {g: {"answer": graded[g][i].answer, "correct": graded[g][i].correct} for g in gradings},
                     "length": gen.length,
                     "truncated": gen.truncated,
                     "fingerprint": fingerprint,
-                }
-                for (row, s), gen, grade in zip(batch, gens, grades)
-            ]
+                })
             store.append(records)
             counts["generated"] += len(records)
             bar.update(len(records))

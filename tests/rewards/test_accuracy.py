@@ -75,6 +75,16 @@ def test_lenient_falls_back_to_the_last_number(lenient):
     assert lenient(completions, solution=["7"] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
 
 
+def test_lenient_grades_exactly_the_boxed_last_number(grader):
+    reward = get_accuracy_reward(fallback_last_number=True, grader=grader)
+    assert reward.answer("It costs 1,234 dollars.") == ("1234", False)
+    assert reward.prediction("It costs 1,234 dollars.") == r"\boxed{1234}"  # what goes to math-verify
+    assert reward.answer(r"\boxed{12} or 13") == ("12", True)  # a box wins
+    assert reward.answer("no number") == (None, False)
+    assert get_accuracy_reward(grader=grader).answer("so it is 42") == (None, False)  # strict: no fallback
+    assert reward(["It costs 1,234 dollars.", "x = -3", "3/4 of it"], solution=["1234", "-3", "0.75"]) == [1.0, 1.0, 1.0]
+
+
 def test_lenient_on_a_long_completion_reads_its_end(lenient):
     text = "step " * 2000 + "so the result is 42"
     assert lenient([text], solution=["42"]) == [1.0]

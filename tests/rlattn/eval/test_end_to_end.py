@@ -274,3 +274,114 @@ def test_pass_at_k_in_the_report_matches_the_estimator(checkpoints, tmp_path, mo
     md = (tmp_path / "report.md").read_text()
     assert "| paper: coupled | 10.7 | 7.8 | 57.4 | 75.8 | 44.1 | 39.2 |" in md  # Table 4, Qwen3-4B-Base 1K
     assert "| measured: tiny_a | 25.0 | - | - | - | - | - |" in md
+
+
+# ---- graded answers, both gradings, paired differences, the held-out arithmetic set ----
+def _scripted(dataset, limit, answer_of):
+    """A generate_batch stand-in: ``answer_of(model_name, problem_index, gold) -> completion text``."""
+    from rlattn.eval import Generation
+
+    rows = load_dataset(dataset, limit=limit)
+    index = {row["prompt"][-1]["content"]: (i, row["solution"]) for i, row in enumerate(rows)}
+
+    def generate(model, tokenizer, prompts, **kwargs):
+        name = "A" if model.config.hidden_size == 16 else "B"
+        return [Generation(text=answer_of(name, *index[p[-1]["content"]]), length=5, truncated=False) for p in prompts]
+
+    return generate
+
+
+def test_lenient_answers_correct_by_the_last_number_vote_in_maj(checkpoints, tmp_path, monkeypatch):
+    """The README case: lenient grading, a model whose samples are right only by the last-number
+    fallback (no box). maj@1 used to read 0.0 beside pass@1 = 60.0; it must equal pass@1."""
+    monkeypatch.setattr(runner, "generate_batch", _scripted("gsm8k_test", 5, lambda m, i, gold: f"so it is {gold if i < 3 else -1}"))
+    cfg = _config(tmp_path, [checkpoints["tiny_a"]], datasets=["gsm8k_test"], n=1, temperature=0.0, accuracy_fallback_last_number=True)
+    m = evaluate(cfg).results["tiny_a"]["gsm8k_test"]
+    assert m["avg@1"] == m["pass@1"] == m["maj@1"] == pytest.approx(3 / 5)
+    assert m["format_rate"] == 0.0  # no sample has a box
+    records = _read_jsonl(tmp_path / "samples.jsonl")
+    golds = [row["solution"] for row in load_dataset("gsm8k_test", limit=5)]
+    assert [r["answer"] for r in records] == golds[:3] + ["-1", "-1"]  # the stored answer is the graded one
+    assert all(r["boxed"] is False and r["grades"] == {"lenient": {"answer": r["answer"], "correct": r["correct"]}} for r in records)
+
+
+def test_old_samples_without_boxed_resume_and_vote_with_the_graded_answer(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "generate_batch", _scripted("gsm8k_test", 5, lambda m, i, gold: f"\\boxed{{{gold}}}" if i == 0 else f"so {gold}"))
+    cfg = _config(tmp_path, [checkpoints["tiny_a"]], datasets=["gsm8k_test"], n=1, temperature=0.0, accuracy_fallback_last_number=True)
+    evaluate(cfg)
+    samples = tmp_path / "samples.jsonl"
+    old = []
+    for r in _read_jsonl(samples):  # as the evaluator wrote them before `boxed` / `grades`: no answer without a box
+        r = {k: v for k, v in r.items() if k not in ("boxed", "grades")}
+        r["answer"] = r["answer"] if r["completion"].startswith("\\boxed") else None
+        old.append(r)
+    samples.write_text("".join(json.dumps(r) + "\n" for r in old))
+    monkeypatch.setattr(runner, "generate_batch", lambda *a, **k: pytest.fail("a stored sample was generated again"))
+    report = evaluate(cfg)
+    assert report.counts == {"reused": 5, "generated": 0}
+    m = report.results["tiny_a"]["gsm8k_test"]
+    assert m["avg@1"] == m["maj@1"] == 1.0 and m["format_rate"] == pytest.approx(1 / 5)
+    upgraded = _read_jsonl(samples)
+    assert [r["boxed"] for r in upgraded] == [True, False, False, False, False]
+    assert [r["answer"] for r in upgraded] == [row["solution"] for row in load_dataset("gsm8k_test", limit=5)]
+
+
+def test_paired_differences_hand_computed_for_both_gradings(checkpoints, tmp_path, monkeypatch):
+    """arith_test, 6 problems. A: boxed and right on 0-2. B: boxed and right on 0-1, right without a
+    box on 3-4, wrong on 2 and 5. Lenient d = [0, 0, -1, +1, +1, 0]; strict d = [0, 0, -1, 0, 0, 0]."""
+
+    def answer_of(model, i, gold):
+        if model == "A":
+            return f"\\boxed{{{gold}}}" if i < 3 else "\\boxed{0}"
+        return f"\\boxed{{{gold}}}" if i < 2 else (f"so it is {gold}" if i in (3, 4) else "\\boxed{0}")
+
+    monkeypatch.setattr(runner, "generate_batch", _scripted("arith_test", 6, answer_of))
+    cfg = _config(tmp_path, [checkpoints["tiny_a"], checkpoints["tiny_b"]], model_labels=["A", "B"], datasets=["arith_test"],
+                  limit=6, n=1, temperature=0.0, grading=["lenient", "strict"], plots=False)
+    report = evaluate(cfg)
+    assert report.gradings == ["lenient", "strict"]
+    assert report.metric("B", "arith_test", "avg@1") == report.metric("B", "arith_test", "avg@1", grading="lenient") == pytest.approx(4 / 6)
+    assert report.metric("B", "arith_test", "avg@1", grading="strict") == pytest.approx(2 / 6)
+    assert report.metric("B", "arith_test", "maj@1", grading="lenient") == pytest.approx(4 / 6)
+    rows = {r["grading"]: r for r in report.paired["rows"]}
+    assert set(rows) == {"lenient", "strict"} and {r["model"] for r in rows.values()} == {"B"}
+    lenient, strict = rows["lenient"], rows["strict"]
+    assert lenient["delta"] == pytest.approx(1 / 6) and (lenient["wins"], lenient["losses"], lenient["ties"]) == (2, 1, 3)
+    assert lenient["ci_low"] < 0 < lenient["ci_high"] and lenient["p_value"] == 1.0  # 2 * P(X <= 1 | 3) = 1
+    # strict: d has one -1 in 6, the resample mean is -X/6 with X ~ Binomial(6, 1/6): P(X = 0) = 0.33 > 2.5 %,
+    # P(X >= 4) = 0.009 < 2.5 % < P(X >= 3) = 0.062, so the interval is [-3/6, 0]
+    assert strict["delta"] == pytest.approx(-1 / 6) and (strict["ci_low"], strict["ci_high"]) == (-0.5, 0.0)
+    assert (strict["wins"], strict["losses"], strict["ties"], strict["p_value"]) == (0, 1, 5, 1.0)
+
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["paired"]["baseline"] == "A" and data["paired"]["resamples"] == 10_000 and data["paired"]["seed"] == 0
+    assert data["paired"]["rows"] == report.paired["rows"] and set(data["results_by_grading"]) == {"lenient", "strict"}
+    md = (tmp_path / "report.md").read_text()
+    for needle in ("## Paired differences vs A", "| dataset | model | grading | Δ (points) | 95 % CI | wins / losses / ties | p |",
+                   "| arith_test | B | strict | -16.7 | [-50.0, ±0] | 0 / 1 / 5 | 1.000 |", "| arith_test | B | lenient | +16.7 | [",
+                   "Grading **lenient** (headline):", "Grading **strict**:", "| avg@1 (%, strict) | 50.0 | 33.3 (-16.7) |",
+                   "| maj@1 (%, lenient) | 50.0 | 66.7 (+16.7) |", "| format: non-empty \\boxed{} (%) | 100.0 | 66.7 (-33.3) |",
+                   "answer = lenient: last non-empty \\boxed{} (else the last number); strict: last non-empty \\boxed{}"):
+        assert needle in md, needle
+    assert md.index("## Paired differences") < md.index("## Per dataset")
+
+
+def test_arith_test_greedy_with_both_gradings_on_tiny_models(checkpoints, tmp_path):
+    """The generated held-out set end to end: real (tiny) generation, greedy, both gradings, two models."""
+    cfg = _config(tmp_path, [checkpoints["tiny_a"], checkpoints["tiny_b"]], datasets=["arith_test"], limit=4, n=1,
+                  temperature=0.0, grading=["lenient", "strict"], plots=False)
+    report = evaluate(cfg)
+    records = _read_jsonl(tmp_path / "samples.jsonl")
+    assert len(records) == 2 * 4 and {r["dataset"] for r in records} == {"arith_test"}
+    for r in records:
+        assert set(r["grades"]) == {"lenient", "strict"} and isinstance(r["boxed"], bool)
+        assert (r["answer"], r["correct"]) == (r["grades"]["lenient"]["answer"], r["grades"]["lenient"]["correct"])
+    assert [row["solution"] for row in load_dataset("arith_test", limit=4)] == [r["gold"] for r in records[:4]]
+    assert [(r["grading"], r["model"], r["problems"]) for r in report.paired["rows"]] == [("lenient", "tiny_b", 4), ("strict", "tiny_b", 4)]
+    assert report.protocol["grading"]["gradings"] == ["lenient", "strict"]
+    assert "## Paired differences vs tiny_a" in (tmp_path / "report.md").read_text()
+    # greedy is deterministic: a fresh run draws the same text
+    again = evaluate(_config(tmp_path / "again", [checkpoints["tiny_a"]], datasets=["arith_test"], limit=4, n=1,
+                             temperature=0.0, grading=["lenient", "strict"], plots=False))
+    assert [r["completion"] for r in _read_jsonl(tmp_path / "again" / "samples.jsonl")] == [r["completion"] for r in records[:4]]
+    assert again.paired["rows"] == []  # one model: nothing to pair

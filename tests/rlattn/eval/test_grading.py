@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlattn.eval import grade_completions
+from rlattn.eval import grade_completions, grade_samples
 from rlattn.rewards import BoundedGrader, get_reward_fn
 
 
@@ -80,8 +80,30 @@ def test_pathological_output_is_refused_not_hung(grader):
 def test_lenient_fallback_grades_the_last_number(grader):
     (strict,) = grade_completions(["so it is 42"], ["42"], grader)
     (lenient,) = grade_completions(["so it is 42"], ["42"], grader, fallback_last_number=True)
-    assert strict.correct is False and lenient.correct is True
-    assert lenient.answer is None  # format still means a non-empty \boxed{}
+    assert strict.correct is False and strict.answer is None and strict.boxed is False
+    assert lenient.correct is True
+    assert lenient.answer == "42"  # the stored answer is the graded one (maj@k votes with it)
+    assert lenient.boxed is False and lenient.has_format is False  # format still means a non-empty \boxed{}
+
+
+# unboxed completions the lenient grading reads by their last number, and an unusable gold
+LENIENT_EXTRA = [("42", "so it is 42", "42", True), ("1234", "it costs 1,234.", "1234", True), ("7", "maybe 8", "8", False),
+                 ("", "so it is 42", "42", None), ("", r"\boxed{7}", "7", None)]
+
+
+def test_both_gradings_agree_with_grading_each_way_directly(grader):
+    golds = [t[0] for t in TABLE + LENIENT_EXTRA]
+    completions = [t[1] for t in TABLE + LENIENT_EXTRA]
+    both = grade_samples(completions, golds, grader, gradings=["lenient", "strict"])
+    assert list(both) == ["lenient", "strict"]
+    assert both["strict"] == grade_completions(completions, golds, grader)  # derived, yet equal to grading strictly
+    assert both["lenient"] == grade_completions(completions, golds, grader, fallback_last_number=True)
+    assert [(g.answer, g.correct) for g in both["lenient"][len(TABLE):]] == [(t[2], t[3]) for t in LENIENT_EXTRA]
+    for strict, lenient in zip(both["strict"], both["lenient"]):
+        assert strict.boxed == lenient.boxed and not (strict.correct and not lenient.correct)  # strict <= lenient
+    assert grade_samples(completions, golds, grader, gradings=["strict"]) == {"strict": both["strict"]}
+    with pytest.raises(ValueError, match="grading=\\['loose'\\]"):
+        grade_samples(completions, golds, grader, gradings=["loose"])
 
 
 def test_unusable_gold_and_grader_failures_are_ungraded_not_dropped(grader):

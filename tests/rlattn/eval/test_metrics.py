@@ -104,6 +104,15 @@ def test_dataset_metrics_hand_computed():
     assert m["ungraded"] == 1
 
 
+def test_format_counts_boxes_and_lenient_answers_vote():
+    # lenient grading: samples 0 and 2 are correct by their last number (no box), sample 1 is boxed and wrong
+    p = ProblemSamples("p", ["42", "41", "42"], [True, False, True], [5, 5, 5], [False] * 3, boxed=[False, True, False])
+    m = dataset_metrics([p], n=3, k_values=[1, 3])
+    assert m["format_rate"] == pytest.approx(1 / 3)  # format still means a non-empty box
+    assert m["maj@1"] == 1.0 and m["maj@3"] == 1.0  # the unboxed "42"s vote: the first one, then "42" x2 beats "41"
+    assert ProblemSamples("q", ["3", None], [True, False], [1, 1], [False, False]).boxed == [True, False]  # default
+
+
 def test_dataset_metrics_rejects_k_above_n_and_ragged_samples():
     p = ProblemSamples("p", ["1", "1"], [True, True], [1, 1], [False, False])
     with pytest.raises(ValueError, match="k=4 is larger than n=2"):
@@ -145,11 +154,36 @@ def test_config_n_smaller_than_k_fails_naming_both():
         ({"models": ["a/b", "a/b"]}, "twice"),
         ({"model_labels": ["x", "y"]}, "2 names for 1 models"),
         ({"paper_table": "gpt5"}, "paper_table='gpt5'"),
+        ({"grading": ["loose"]}, "grading=\\['loose'\\]"),
+        ({"grading": ["strict", "strict"]}, "each once"),
+        ({"grading": ["strict"], "accuracy_fallback_last_number": True}, "add lenient to grading"),
+        ({"bootstrap_resamples": 500}, "bootstrap_resamples=500"),
+        ({"bootstrap_seed": -1}, "bootstrap_seed=-1"),
     ],
 )
 def test_config_bad_values_name_the_key(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EvalConfig(**kwargs)
+
+
+def test_gradings_and_the_sample_fingerprint():
+    import hashlib
+    import json
+
+    assert EvalConfig().gradings() == ["strict"]
+    assert EvalConfig(accuracy_fallback_last_number=True).gradings() == ["lenient"]
+    both = EvalConfig(grading=["lenient", "strict"], accuracy_fallback_last_number=True)
+    assert both.gradings() == ["lenient", "strict"]
+    assert both.protocol()["grading"]["answer"] == "lenient: last non-empty \\boxed{} (else the last number); strict: last non-empty \\boxed{}"
+    # single-grading runs keep the fingerprint they had before `grading` existed, so their samples.jsonl resumes
+    for fallback in (False, True):
+        keys = {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 1024, "prompt_template": "chat", "seed": 0,
+                "backend": "transformers", "fallback": fallback}
+        old = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+        assert EvalConfig(accuracy_fallback_last_number=fallback).sample_fingerprint() == old
+    assert EvalConfig(grading=["lenient"]).sample_fingerprint() == EvalConfig(accuracy_fallback_last_number=True).sample_fingerprint()
+    # a run that stores both grades is not mixed with one that stored one
+    assert both.sample_fingerprint() not in {EvalConfig(grading=[g]).sample_fingerprint() for g in ("strict", "lenient")}
 
 
 def test_parser_yaml_and_repeated_model_flags(tmp_path):
@@ -167,11 +201,18 @@ def test_parser_yaml_and_repeated_model_flags(tmp_path):
 def test_shipped_eval_recipes_parse():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2] / "recipes" / "eval"
+    root = Path(__file__).resolve().parents[3] / "recipes" / "eval"
     recipes = sorted(root.glob("*.yaml"))
-    assert {p.name for p in recipes} >= {"quick_cpu.yaml", "paper_protocol.yaml"}
+    assert {p.name for p in recipes} >= {"quick_cpu.yaml", "paper_protocol.yaml", "arith_heldout.yaml", "gsm8k_quick.yaml"}
     for path in recipes:
         parse_eval_args([str(path)])
     paper = parse_eval_args([str(root / "paper_protocol.yaml")])
     assert paper.datasets == ["aime24", "aime25", "amc23", "math500", "olympiadbench"]
     assert paper.n_per_dataset() == {"aime24": 16, "aime25": 16, "amc23": 1, "math500": 1, "olympiadbench": 1}
+    held_out = parse_eval_args([str(root / "arith_heldout.yaml")])
+    assert held_out.datasets == ["arith_test"] and held_out.limit is None  # all 600 problems
+    assert (held_out.temperature, held_out.n, held_out.max_new_tokens) == (0.0, 1, 128)
+    assert held_out.gradings() == ["lenient", "strict"]
+    gsm8k = parse_eval_args([str(root / "gsm8k_quick.yaml"), "--grading", "strict"])
+    assert (gsm8k.datasets, gsm8k.limit, gsm8k.temperature, gsm8k.max_new_tokens) == (["gsm8k_test"], 200, 0.0, 256)
+    assert gsm8k.gradings() == ["strict"]  # the command line overrides the recipe's grading
