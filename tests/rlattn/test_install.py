@@ -1,4 +1,4 @@
-"""Both install modes import all four packages and carry the bundled data.
+"""Both install modes import all four packages and carry the bundled data and the inspector's assets.
 
 The editable install is what the test run itself uses. For the wheel, we build it from the repo,
 unpack it with ``pip install --target`` into a temporary dir, and import from there in a fresh
@@ -15,12 +15,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 CHECK = """
-import sys, rlattn, rlattn.credit, rlattn.rewards, rlattn.rollouts, rlattn.data
+import sys, rlattn, rlattn.credit, rlattn.rewards, rlattn.rollouts, rlattn.data, rlattn.inspector
 from rlattn.data import load_dataset
 prefix = sys.argv[1]
-for mod in (rlattn, rlattn.credit, rlattn.rewards, rlattn.rollouts, rlattn.data):
+for mod in (rlattn, rlattn.credit, rlattn.rewards, rlattn.rollouts, rlattn.data, rlattn.inspector):
     assert mod.__file__.startswith(prefix), (mod.__name__, mod.__file__, prefix)
 assert len(load_dataset("aime24")) == 30
+from rlattn.inspector.page import ASSETS, asset
+assert all(asset(name) for name in ASSETS)
 from rlattn.credit import compute_attention_stats, get_credit_fn
 print("ok")
 """
@@ -51,6 +53,9 @@ def test_built_wheel_imports_all_packages_and_carries_data(tmp_path):
         p.name for p in (ROOT / "rlattn" / "data" / "math").glob("*.jsonl.gz")
     )
     assert (target / "rlattn" / "data" / "math" / "README.md").is_file()
+    assert sorted(p.name for p in (target / "rlattn" / "inspector" / "assets").iterdir()) == sorted(
+        p.name for p in (ROOT / "rlattn" / "inspector" / "assets").iterdir()
+    )
     assert not (target / "credit").exists() and not (target / "rewards").exists(), "no generic top-level packages"
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run([sys.executable, "-c", CHECK, str(target)], capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300)

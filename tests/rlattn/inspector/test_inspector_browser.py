@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rlattn import inspect as ri
+from rlattn import inspector as ri
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -36,7 +36,7 @@ def chromium(tmp_path: Path, url: str, *extra: str) -> subprocess.CompletedProce
 
 
 def small_trace() -> ri.Trace:
-    # the 5-token trace of test_inspect.py (one dominated anchor, link 2 -> 4), repeated to 60 tokens
+    # the 5-token trace of test_inspector.py (one dominated anchor, link 2 -> 4), repeated to 60 tokens
     waad = [1.0, 4.0, 4.0, 2.0, 2.0] * 12
     fai = [0.1, 0.5, 0.05, 0.3, 0.9] * 10 + [None] * 10
     tokens = ["To", " solve", ",", " we", " add\n"] * 12

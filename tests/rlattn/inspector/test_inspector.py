@@ -1,10 +1,14 @@
-"""rlattn.inspect and scripts/inspect_credit.py: the trace data, the HTML page, the PNG plots.
+"""rlattn.inspector and scripts/inspect_credit.py: the trace data, the HTML page, the PNG plots.
 
 Hand-checked selections on a 5-token trace; model traces checked against an independent call of
-compute_attention_stats / select_tokens / get_credit_fn; the page parsed as HTML (balanced tags,
-no external resource, embedded data matching the trace); rollout records rendered without a
-model; an 8K-token synthetic trace held to the stated size bound (< 2 MB with both plots);
-the script run in subprocesses (``--help`` must not be shadowed by the stdlib ``inspect``).
+compute_attention_stats / select_tokens / get_credit_fn; the entropy pass driven by what a
+strategy declares (strategy_needs) and extra model inputs reaching every forward; token texts
+decoded by the tokenizer with multi-byte characters whole; the page parsed as HTML (balanced tags,
+no external resource, embedded data matching the trace) and its assets read from package data;
+rollout records rendered without model weights; an 8K-token synthetic trace held to the stated
+size bound (< 2 MB with both plots); the command line parsed with AttnCreditConfig (credit_* and
+attn_* options, a YAML recipe, repeated flags); the script run in subprocesses (``--help`` must
+not be shadowed by the stdlib ``inspect``).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlattn import inspect as ri
+from rlattn import inspector as ri
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "scripts" / "inspect_credit.py"
 LONG_TRACE_MAX_BYTES = 2_000_000  # the documented bound for an 8K-token trace (docs/inspector.md)
 
@@ -122,9 +126,26 @@ def five_token_trace(**kwargs) -> ri.Trace:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from rlattn.testing import tiny_model
+    from rlattn.tiny import tiny_model
 
     return tiny_model("llama", num_layers=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny, tmp_path_factory):
+    """The tiny model saved as a checkpoint dir, for --model."""
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    tiny[0].save_pretrained(path)
+    tiny[1].save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def smollm_tokenizer():
+    """The embedded model's tokenizer (no weights): what decodes the records below."""
+    from rlattn.models import DEFAULT_MODEL, load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model(DEFAULT_MODEL))
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +247,67 @@ def test_generate_trace_greedy(tiny):
         ri.generate_trace(model, tok, "x", max_new_tokens=0)
 
 
+@pytest.fixture
+def entropy_strategy():
+    """A strategy under a new name that declares it needs entropies: γ = 1 + entropy (normalised)."""
+    from rlattn.credit import CREDIT_REGISTRY, register_credit
+
+    name = "inspector_test_by_entropy"
+
+    @register_credit(name, needs=("attention", "entropies"))
+    def by_entropy(waad, fai, mask, entropies=None, config=None):
+        return 1.0 + entropies / entropies.max()  # [B, T]
+
+    yield name
+    CREDIT_REGISTRY.pop(name)
+
+
+def _forward_spy(monkeypatch, model, extra: str):
+    """Record each forward's keyword arguments; drop ``extra`` (a stand-in input) before the real forward."""
+    calls = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append(dict(kwargs))
+        kwargs.pop(extra, None)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    return calls
+
+
+def test_strategy_needs_drive_the_entropy_pass(monkeypatch, model_trace, entropy_strategy):
+    from rlattn.tiny import tiny_model
+
+    model, tok = tiny_model("llama", num_layers=3, seed=0)
+    calls = _forward_spy(monkeypatch, model, "unused")
+    _, prompt_ids, completion_ids = model_trace
+    P, T = len(prompt_ids), len(completion_ids)
+    ri.trace_from_model(model, tok, prompt_ids, completion_ids, strategies=["coupled", "local_chunk"])
+    assert len(calls) == 1  # the statistics pass only: no strategy asked for entropies
+    calls.clear()
+    tr = ri.trace_from_model(model, tok, prompt_ids, completion_ids, strategies=["coupled", entropy_strategy])
+    assert len(calls) == 2  # statistics pass + entropy pass, because the strategy declared "entropies"
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([prompt_ids + completion_ids])).logits[0, P - 1 : P + T - 1], -1)
+    ent = -(logp.exp() * logp).sum(-1)
+    assert tr.gammas[entropy_strategy] == pytest.approx((1 + ent / ent.max()).tolist(), rel=1e-5)
+    with pytest.raises(ValueError, match=f"{entropy_strategy}.*needs the policy's per-token entropies"):
+        five_token_trace(strategies=[entropy_strategy])
+
+
+def test_model_inputs_reach_every_forward(monkeypatch, model_trace, entropy_strategy):
+    from rlattn.tiny import tiny_model
+
+    model, tok = tiny_model("llama", num_layers=3, seed=0)
+    calls = _forward_spy(monkeypatch, model, "pixel_values")
+    _, prompt_ids, completion_ids = model_trace
+    pixels = torch.zeros(1, 3, 4, 4)
+    tr = ri.trace_from_model(model, tok, prompt_ids, completion_ids, strategies=[entropy_strategy], pixel_values=pixels)
+    assert len(calls) == 2 and all(c.get("pixel_values") is pixels for c in calls)  # statistics pass and entropy pass
+    assert tr.waad == model_trace[0].waad  # the stand-in input was dropped before the real forward
+
+
 def test_table_rows_and_pandas():
     tr = five_token_trace(strategies=["coupled", "local_chunk"], meta={"model": "m"})
     table = ri.inspect_table([tr, tr])
@@ -270,6 +352,23 @@ def test_html_valid_self_contained_and_matches_trace(model_trace):
     assert '<option value="fai" selected>' in page
 
 
+def test_page_assets_are_package_data():
+    from importlib import resources
+    from string import Template
+
+    from rlattn.inspector.page import ASSETS, asset
+
+    folder = resources.files("rlattn.inspector") / "assets"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(ASSETS)
+    page = ri.render_html(five_token_trace())
+    for name in ("inspector.css", "inspector.js"):
+        assert asset(name) == (folder / name).read_text(encoding="utf-8") and asset(name) in page  # inlined as is
+    assert set(Template(asset("page.html")).get_identifiers()) == {
+        "title", "css", "columns", "header", "options", "plots", "data", "js"}
+    with pytest.raises(ValueError, match="no inspector asset 'x.css'"):
+        asset("x.css")
+
+
 def test_html_keeps_hostile_tokens_as_data():
     evil = "</script><img src=x onerror=alert(1)><!--"
     tr = ri.build_trace([1.0, 2.0, 3.0], [0.1, 0.2, 0.3], token_ids=[1, 2, 3], tokens=["a", evil, "&amp;"],
@@ -303,10 +402,11 @@ def test_render_errors():
 # rollout records
 # ---------------------------------------------------------------------------------------------
 def _record(**over):
+    # the embedded SmolLM2 tokenizer's ids and tokens of " the\nnaïve<|im_end|>"
     rec = {
         "step": 7, "prompt": json.dumps([{"role": "user", "content": "What is 2+2?"}]),
-        "completion": " the\ncafé", "completion_ids": [5, 6, 7, 8, 9],
-        "tokens": ["Ġthe", "Ċ", "caf", "Ã©", "<|im_end|>"],
+        "completion": " the\nnaïve<|im_end|>", "completion_ids": [260, 198, 3546, 46494, 2],
+        "tokens": ["Ġthe", "Ċ", "na", "Ã¯ve", "<|im_end|>"],
         "rewards": {"accuracy": 1.0}, "advantage": 0.5,
         "gamma": [2.0, 2.0, 2.0, 2.0, 2.0],  # deliberately not what any strategy computes
         "waad": [1.0, 4.0, 4.0, 2.0, 2.0], "fai": [0.1, 0.5, None, 0.3, 0.9],
@@ -322,8 +422,8 @@ def test_records_render_without_model(tmp_path):
 
     path = tmp_path / "rollouts.jsonl"
     append_records(path, [_record(), _record(step=8, preplan=[False] * 5)])
-    (tr,) = ri.load_record_traces(path, [0], strategies=["coupled", "global_anchor"])
-    assert tr.tokens == [" the", "\n", "caf", "é", "<|im_end|>"]
+    (tr,) = ri.load_record_traces(path, [0], strategies=["coupled", "global_anchor"])  # the default model's tokenizer
+    assert tr.tokens == [" the", "\n", "na", "ïve", "<|im_end|>"]
     assert tr.gammas["coupled"] == [2.0] * 5  # the recorded γ, not a recomputation
     assert tr.gammas["global_anchor"] == [1.0, 1.5, 1.0, 1.0, 1.5]  # recomputed from stored WAAD/FAI
     assert tr.flags["dominated"] == [False, False, False, False, True] and tr.links == [(2, 4)]
@@ -339,6 +439,38 @@ def test_records_render_without_model(tmp_path):
         ri.trace_from_record(_record(waad=None))
     with pytest.raises(ValueError, match="has no head spans"):
         ri.plot_head_spans(tr, tmp_path / "h.png")
+
+
+def test_record_text_is_decoded_by_the_tokenizer_with_multibyte_characters_whole(smollm_tokenizer):
+    tok = smollm_tokenizer
+    # " 日本": SmolLM2 splits 日 over three byte-level tokens; each piece alone decodes to U+FFFD
+    ids = tok.encode(" 日本<|im_end|>", add_special_tokens=False)
+    assert ids == [17097, 241, 115, 40993, 2]
+    assert "\ufffd" in "".join(tok.decode([i]) for i in ids)
+    rec = _record(completion_ids=ids, tokens=tok.convert_ids_to_tokens(ids), completion=" 日本<|im_end|>")
+    tr = ri.trace_from_record(rec, tokenizer=tok)
+    assert tr.tokens == [" ", "", "日", "本", "<|im_end|>"]  # the token that completes 日 shows it
+    assert "".join(tr.tokens) == tok.decode(ids)
+    # a record from another model's tokenizer fails, naming the fix
+    with pytest.raises(ValueError, match="first difference at token 2: .*pass the run's model with --model"):
+        ri.trace_from_record(_record(tokens=["Ġthe", "Ċ", "caf", "Ã©", "<|im_end|>"]), tokenizer=tok)
+
+
+def test_token_texts_on_byte_and_sentencepiece_tokenizers():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from rlattn.inspector.text import token_texts
+    from rlattn.tiny import byte_tokenizer
+
+    bytes_tok = byte_tokenizer()  # one token per UTF-8 byte
+    ids = bytes_tok.encode("é 日", add_special_tokens=False)
+    assert token_texts(bytes_tok, ids) == ["", "é", " ", "", "", "日"]
+    # SentencePiece marks a word's space on its token (▁); decoded alone, a token loses it
+    core = Tokenizer(models.BPE(vocab={"<unk>": 0, "▁the": 1, "▁cat": 2, ".": 3}, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer, core.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    sp = PreTrainedTokenizerFast(tokenizer_object=core)
+    assert token_texts(sp, [1, 2, 3]) == ["the", " cat", "."] and sp.decode([1, 2, 3]) == "the cat."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +521,55 @@ def test_long_trace_stays_under_size_bound(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------
+def test_cli_takes_credit_and_attention_settings_from_attn_credit_config():
+    from rlattn.config import AttnCreditConfig
+    from rlattn.inspector.cli import parse_inspect_args
+
+    args, config = parse_inspect_args(["--records", "r.jsonl", "--credit_quantile", "0.3", "--attn_window", "4"])
+    assert isinstance(config, AttnCreditConfig) and args.records == "r.jsonl"
+    credit, stats = config.credit_config(), config.attention_stats_config()
+    assert credit.quantile == 0.3 and stats.window == 4
+    assert (credit.gamma, stats.num_layers) == (AttnCreditConfig.credit_gamma, AttnCreditConfig.attn_num_layers)  # defaults: the dataclass's
+    _, config = parse_inspect_args(["--records", "r.jsonl", "--credit-quantile", "0.25", "--attn-window", "6"])
+    assert (config.credit_quantile, config.attn_window) == (0.25, 6)
+
+
+def test_cli_repeated_flags_and_yaml_recipe(tmp_path, capsys):
+    from rlattn.inspector.cli import parse_inspect_args
+
+    a, _ = parse_inspect_args(["--dataset", "gsm8k_test", "--index", "3", "--index", "5", "--strategy", "coupled", "--strategy", "local_chunk"])
+    b, _ = parse_inspect_args(["--dataset", "gsm8k_test", "--index", "3", "5", "--strategy=coupled", "--strategy", "local_chunk"])
+    assert a.index == b.index == [3, 5] and a.strategy == b.strategy == ["coupled", "local_chunk"]
+    a, _ = parse_inspect_args(["--records", "r.jsonl", "--record-index", "0", "--record-index", "12", "--no-plots", "--no-chat-template"])
+    assert a.record_index == [0, 12] and (a.plots, a.chat_template, a.embed_plots) == (False, False, True)
+    recipe = tmp_path / "inspect.yaml"
+    recipe.write_text("records: r.jsonl\nstrategy: [local_chunk]\ncredit_quantile: 0.3\nattn_window: 6\n")
+    a, config = parse_inspect_args([str(recipe), "--attn_window", "4"])  # the command line overrides the recipe
+    assert (a.records, a.strategy, config.credit_quantile, config.attn_window) == ("r.jsonl", ["local_chunk"], 0.3, 4)
+    recipe.write_text("records: r.jsonl\ncredit_quantil: 0.3\n")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_inspect_args([str(recipe)])
+    assert exit_info.value.code == 2 and "credit_quantil" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_inspect_args(["--records", "r.jsonl", "--credit_quantile", "2"])
+    assert "credit_quantile" in capsys.readouterr().err
+
+
+def test_cli_run_uses_the_parsed_settings(tmp_path, tiny_dir):
+    from rlattn.inspector.cli import parse_inspect_args, run_inspect
+
+    args, config = parse_inspect_args(["--model", str(tiny_dir), "--prompt", "Add 2 and 3.", "--max-new-tokens", "8",
+                                       "--credit_quantile", "0.3", "--attn_window", "4", "--out", str(tmp_path), "--no-plots"])
+    written = run_inspect(args, config)
+    assert written["pngs"] == []
+    page = written["html"].read_text(encoding="utf-8")
+    assert "quantile=0.3" in page and "window=4" in page
+    assert [p["strategy"] for p in page_data(parse_page(page))["panels"]] == ["coupled"]  # credit_strategy's default
+
+
+# ---------------------------------------------------------------------------------------------
 # the script
 # ---------------------------------------------------------------------------------------------
 def _run(*args, cwd=ROOT, timeout=300):
@@ -407,13 +588,10 @@ def test_script_help_and_imports_are_not_shadowed():
     assert r.stderr.strip().splitlines()[-1] == "scripts/inspect_credit.py: error: no rollout records at missing/rollouts.jsonl"
 
 
-def test_script_end_to_end_prompt_and_records(tmp_path, tiny):
+def test_script_end_to_end_prompt_and_records(tmp_path, tiny_dir):
     from rlattn.rollouts.records import append_records
 
-    model, tok = tiny
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    r = _run("--model", str(tmp_path / "model"), "--prompt", "Add 2 and 3.", "--max-new-tokens", "16",
+    r = _run("--model", str(tiny_dir), "--prompt", "Add 2 and 3.", "--max-new-tokens", "16",
              "--strategy", "coupled", "--strategy", "local_chunk", "--out", str(tmp_path / "a"))
     assert r.returncode == 0, r.stderr[-3000:]
     page = (tmp_path / "a" / "inspector.html").read_text(encoding="utf-8")
