@@ -1,0 +1,58 @@
+"""PPO with a learned critic and attention credit on the GAE advantages.
+
+    accelerate launch scripts/ppo.py recipes/ppo_anchor_credit.yaml [--key value ...]
+    python scripts/ppo.py recipes/ppo_anchor_credit.yaml --max_steps 2
+"""
+
+import logging
+import sys
+
+from transformers import set_seed
+
+from rlattn.cli import build_policy, build_rewards, load_train_dataset, parse_grpo_args, resolve_checkpoint, write_run_summary
+from rlattn.models import resolve_model
+from rlattn.ppo import AttnCreditPPOConfig, AttnCreditPPOTrainer
+from rlattn.rollouts import resolve_rollout
+
+
+def main():
+    # ---- parse: recipe YAML + command-line overrides; unknown keys fail naming the key ----
+    script_args, training_args, model_args = parse_grpo_args(config_class=AttnCreditPPOConfig)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    set_seed(training_args.seed)
+
+    # ---- data, policy (LoRA when use_peft), rewards, rollouts: as for GRPO ----
+    train_dataset = load_train_dataset(script_args)
+    model, processing_class, peft_config = build_policy(model_args, training_args)
+    reward_funcs = build_rewards(script_args, training_args)
+    rollout_func = resolve_rollout(training_args, model_path=resolve_model(model_args.model_name_or_path))
+
+    # ---- trainer: the critic is a second LoRA adapter on the same base (or critic_model_name_or_path) ----
+    trainer = AttnCreditPPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=processing_class,
+        peft_config=peft_config,
+        rollout_func=rollout_func,
+    )
+
+    # ---- train; on any failure, keep what was learned before re-raising ----
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except BaseException:
+        trainer.save_model(f"{training_args.output_dir}/interrupted")
+        write_run_summary(trainer, f"{training_args.output_dir}/interrupted")
+        raise
+
+    # ---- save: policy adapter or model, critic, tokenizer, metrics ----
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()
+    path = write_run_summary(trainer, training_args.output_dir)
+    trainer.accelerator.print(f"rlattn: saved to {training_args.output_dir} (metrics: {path})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
