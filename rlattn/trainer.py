@@ -290,6 +290,10 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         t0 = time.perf_counter()
         mask = self._credit_mask(output)  # [B, T]
         inert = "attention" in self.credit_needs and self._inert_without_fai(mask)
+        if "attention" in self.credit_needs and self.accelerator.num_processes > 1:
+            # FSDP / ZeRO-3 all-gather inside every forward: every rank must run the same passes
+            runs = torch.tensor([0.0 if inert else 1.0], device=self.accelerator.device)
+            inert = self.accelerator.reduce(runs, reduction="max").item() == 0
         if path == "fused" and mode == "train":
             B = mask.size(0)
             output["credit_row"] = torch.arange(B, device=mask.device)  # [B]: rows survive TRL's shuffle

@@ -11,11 +11,18 @@ from rlattn.cli import parse_grpo_args as _parse
 
 
 def parse_grpo_args(argv):
-    """Parse as scripts/grpo.py does: the core's dataclasses plus the backbone plug-in's."""
+    """Parse as the script that runs the recipe does: scripts/ppo.py for PPO recipes (ppo_*.yaml or a
+    ppo/ folder), else scripts/grpo.py with the backbone plug-in's dataclass."""
+    path = Path(argv[0])
+    if path.name.startswith("ppo") or "ppo" in path.parts:
+        from rlattn.ppo import AttnCreditPPOConfig
+
+        return _parse(argv, config_class=AttnCreditPPOConfig)
     return _parse(argv, extra=(BackboneArguments,))[:3]
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts and "eval" not in p.parts)
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
+                 if "accelerate_configs" not in p.parts and "eval" not in p.parts and "compare" not in p.parts)
 
 
 def test_recipes_found():
