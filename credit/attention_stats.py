@@ -88,7 +88,8 @@ class AttentionStatsConfig:
         if self.head_selection not in HEAD_SELECTIONS:
             bad("head_selection", self.head_selection, f"one of {HEAD_SELECTIONS}")
         if self.head_selection == "fixed" and (not self.fixed_local_heads or not self.fixed_global_heads):
-            bad("head_selection", "fixed", "needs fixed_local_heads and fixed_global_heads as lists of [layer, head]")
+            bad("head_selection", "fixed", "needs fixed_local_heads and fixed_global_heads as lists of [layer, head] "
+                "(YAML: attn_fixed_local_heads and attn_fixed_global_heads as 'layer:head' strings)")
         if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
             bad("chunk_size", self.chunk_size, "a positive int or None")
         if not self.memory_budget_mb > 0:
@@ -114,7 +115,21 @@ class AttentionStats:
     layers: list[int] = field(default_factory=list)
 
 
-def _check_inputs(input_ids, attention_mask, response_mask):
+def _first_position(bad: torch.Tensor) -> str:
+    b, t = bad.nonzero()[0].tolist()
+    return f"sequence {b}, position {t}"
+
+
+def _vocab_size(model) -> int | None:
+    """Rows of the model's input embeddings (the ids it can look up), or None if it has none to ask."""
+    try:
+        emb = unwrap_model(model).get_input_embeddings()
+        return int(emb.num_embeddings) if emb is not None and hasattr(emb, "num_embeddings") else None
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+
+
+def _check_inputs(input_ids, attention_mask, response_mask, vocab_size: int | None = None):
     for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask), ("response_mask", response_mask)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(f"{name} must be a 2-D tensor [B, N], got {getattr(t, 'shape', type(t))}")
@@ -123,6 +138,28 @@ def _check_inputs(input_ids, attention_mask, response_mask):
             f"shape mismatch: input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)}, "
             f"response_mask {tuple(response_mask.shape)} must all be [B, N]"
         )
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: give at least one sequence (B >= 1) of at least "
+                         "one token (N >= 1)")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    negative = input_ids < 0  # [B, N]
+    if negative.any():
+        where = _first_position(negative)
+        raise ValueError(f"input_ids has a negative id ({int(input_ids[negative][0])}) at {where}: token ids are 0.."
+                         f"{'vocab_size - 1' if vocab_size is None else vocab_size - 1} (pad with the pad token id, not -100)")
+    if vocab_size is not None:
+        beyond = input_ids >= vocab_size  # [B, N]
+        if beyond.any():
+            raise ValueError(f"input_ids has id {int(input_ids[beyond][0])} at {_first_position(beyond)}, but the model's "
+                             f"input embeddings have {vocab_size} rows (ids 0..{vocab_size - 1}): ids from another "
+                             "tokenizer, or a model whose embeddings were not resized")
+    for name, t in (("attention_mask", attention_mask), ("response_mask", response_mask)):
+        if t.dtype != torch.bool:
+            off = (t != 0) & (t != 1)  # [B, N]
+            if off.any():
+                raise ValueError(f"{name} has value {t[off][0].item()!r} at {_first_position(off)}: masks must be 0/1 "
+                                 "(or bool)")
     am, rm = attention_mask.bool(), response_mask.bool()
     outside = rm & ~am
     if outside.any():
@@ -317,10 +354,12 @@ class StatsAccumulator:
 def check_attention_features(model, layers: list[int], max_length: int | None = None) -> None:
     """Refuse, before training, attention that is not plain causal softmax on the selected layers.
 
-    Logit soft-capping and attention sinks always change the softmax; a sliding window changes it
-    only for sequences longer than the window, so it is accepted when ``max_length`` (the longest
-    prompt plus ``max_completion_length``) fits inside it. With ``max_length`` unknown the check is
-    left to the capture, which refuses a longer sequence when it sees one.
+    Logit soft-capping and attention sinks always change the softmax; a sliding window, and Llama 4's
+    chunked attention (a query sees only the keys of its own block of ``attention_chunk_size``
+    positions, applied through the mask alone), change it only for sequences longer than the window
+    or chunk, so they are accepted when ``max_length`` (the longest prompt plus
+    ``max_completion_length``) fits inside. With ``max_length`` unknown the check is left to the
+    capture, which refuses a longer sequence when it sees one.
     """
     config = unwrap_model(model).config
     config = getattr(config, "text_config", None) or config
@@ -334,20 +373,27 @@ def check_attention_features(model, layers: list[int], max_length: int | None = 
     if any(getattr(modules[l][1], "sinks", None) is not None for l in layers if l in modules):
         raise ValueError(f"{where} use attention sinks (learned per-head sink logits); rlattn's attention statistics support "
                          "plain causal softmax attention only. Use credit_strategy uniform, random or high_entropy with this model.")
-    window = getattr(config, "sliding_window", None)
-    if window is None:
-        return
-    types = getattr(config, "layer_types", None)
-    sliding = [l for l in layers if (types[l] == "sliding_attention" if types else getattr(config, "use_sliding_window", True))]
-    if not sliding or (max_length is not None and max_length <= window):
-        return
     if max_length is None:
-        return  # the capture refuses a sequence longer than the window when it sees one
-    raise ValueError(f"{type(unwrap_model(model)).__name__} layers {sliding} use sliding-window attention (sliding_window="
-                     f"{window}) and sequences here reach {max_length} tokens (longest prompt + max_completion_length): the "
-                     "window would change the attention statistics. Choose attn_layers among the full-attention layers "
-                     f"({[l for l in range(len(types)) if types[l] != 'sliding_attention'] if types else 'none'}), keep "
-                     "sequences within the window, or use credit_strategy uniform, random or high_entropy.")
+        return  # the capture refuses a sequence longer than the window or chunk when it sees one
+    types = getattr(config, "layer_types", None)
+    full = [l for l in range(len(types)) if types[l] == "full_attention"] if types else "none"
+    window = getattr(config, "sliding_window", None)
+    if window is not None:
+        sliding = [l for l in layers if (types[l] == "sliding_attention" if types else getattr(config, "use_sliding_window", True))]
+        if sliding and max_length > window:
+            raise ValueError(f"{type(unwrap_model(model)).__name__} layers {sliding} use sliding-window attention (sliding_window="
+                             f"{window}) and sequences here reach {max_length} tokens (longest prompt + max_completion_length): "
+                             "the window would change the attention statistics. Choose attn_layers among the full-attention "
+                             f"layers ({full}), keep sequences within the window, or use credit_strategy uniform, random or "
+                             "high_entropy.")
+    chunk = getattr(config, "attention_chunk_size", None)
+    chunked = [l for l in layers if types and types[l] == "chunked_attention"] if chunk is not None else []
+    if chunked and max_length > chunk:
+        raise ValueError(f"{type(unwrap_model(model)).__name__} layers {chunked} use chunked attention (attention_chunk_size="
+                         f"{chunk}) and sequences here reach {max_length} tokens (longest prompt + max_completion_length): "
+                         "the chunks would change the attention statistics. Choose attn_layers among the full-attention "
+                         f"layers ({full}), keep sequences within one chunk, or use credit_strategy uniform, random or "
+                         "high_entropy.")
 
 
 @torch.no_grad()
@@ -364,7 +410,7 @@ def compute_attention_stats(model, input_ids, attention_mask, response_mask, con
     attention readouts can share this pass.
     """
     cfg = config or AttentionStatsConfig()
-    am, rm = _check_inputs(input_ids, attention_mask, response_mask)
+    am, rm = _check_inputs(input_ids, attention_mask, response_mask, vocab_size=_vocab_size(model))
     total = num_hidden_layers(model)
     layers = cfg.resolve_layers(total)
     acc = StatsAccumulator(cfg, layers, am, rm)

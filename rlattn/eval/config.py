@@ -28,8 +28,7 @@ from typing import Sequence
 
 __all__ = ["BACKENDS", "GRADINGS", "PAPER_TABLES", "EvalConfig", "default_k_values", "parse_eval_args"]
 
-#: Generation backends ``backend`` accepts (``vllm`` needs vllm installed: docs/evaluation.md).
-BACKENDS = ("transformers", "vllm")
+from rlattn.rollouts.names import BACKENDS  # noqa: E402  (the one list; ``vllm`` needs vllm installed: docs/evaluation.md)
 
 #: ``grading`` entries: strict = the last non-empty \boxed{} only; lenient = that, else the last number.
 GRADINGS = ("strict", "lenient")

@@ -85,3 +85,15 @@ def test_bad_rollout_option_names_the_key(key, value):
 def test_bad_backbone_option_names_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
         parse_grpo_args([str(ROOT / "recipes/cocova_lite_quadrant.yaml"), f"--{key}", value])
+
+
+def test_fixed_head_selection_has_yaml_keys():
+    _, training_args, _ = parse_grpo_args([str(ROOT / "recipes/anchor_credit.yaml"), "--attn_head_selection", "fixed",
+                                           "--attn_fixed_local_heads", "10:3", "12:0", "--attn_fixed_global_heads", "15:1"])
+    cfg = training_args.attention_stats_config()
+    assert cfg.fixed_local_heads == [(10, 3), (12, 0)] and cfg.fixed_global_heads == [(15, 1)]
+    with pytest.raises(ValueError, match="attn_fixed_local_heads=.*'10-3' is not 'layer:head'"):
+        parse_grpo_args([str(ROOT / "recipes/anchor_credit.yaml"), "--attn_head_selection", "fixed",
+                         "--attn_fixed_local_heads", "10-3", "--attn_fixed_global_heads", "15:1"])
+    with pytest.raises(ValueError, match="attn_head_selection='fixed'.*needs fixed_local_heads"):
+        parse_grpo_args([str(ROOT / "recipes/anchor_credit.yaml"), "--attn_head_selection", "fixed"])

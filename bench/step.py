@@ -1,0 +1,162 @@
+"""Where one training step's time goes: generation, reward scoring, statistics, loss forward and
+backward, optimizer, the rest; for one or several variants of a recipe, measured side by side.
+
+    python bench/step.py recipes/anchor_credit.yaml --steps 4 [--variant name:--key=value,--key=value ...] [--write]
+
+Each variant runs in its own process (the same recipe plus its overrides) for ``--steps`` steps;
+the first step is dropped (warm-up) and the others averaged. Phases are timed by wrapping the
+trainer's methods: ``_generate`` (generation), ``_calculate_rewards`` (rewards), the
+``credit/stats_time_s`` metric (attention statistics and γ), ``_compute_loss`` minus the statistics
+(loss forward), ``accelerator.backward`` (backward) and ``optimizer.step``; "other" is the step's
+wall time minus those. ``--write`` puts the table into docs/benchmarks.md (section ``step``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command, machine, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ("generate", "rewards", "statistics", "loss_forward", "backward", "optimizer", "other")
+
+
+def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
+    """Run the recipe for ``steps`` steps with timers; write per-step phase times as JSON to ``out``."""
+    import torch
+    from transformers import TrainerCallback
+
+    sys.argv = ["grpo.py", recipe, "--max_steps", str(steps), "--save_strategy", "no", "--logging_steps", "1",
+                "--credit_log_samples", "0", "--output_dir", os.path.join(os.path.dirname(out), "run"), *overrides]
+    import rlattn.trainer as core
+
+    acc: dict[str, float] = {}
+
+    def timed(owner, name, key):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, name, wrapper)
+
+    from trl import GRPOTrainer
+
+    timed(GRPOTrainer, "_generate", "generate")
+    timed(GRPOTrainer, "_calculate_rewards", "rewards")
+    timed(GRPOTrainer, "_compute_loss", "loss_total")
+    steps_out: list[dict] = []
+
+    class Phases(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            acc.clear()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            acc["wall"] = time.perf_counter() - self.t0
+            steps_out.append(dict(acc))
+
+    original_init = core.AttnCreditGRPOTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.add_callback(Phases())
+        timed(self.accelerator, "backward", "backward")
+        original_create = self.create_optimizer
+
+        def create_optimizer(*a, **k):
+            opt = original_create(*a, **k)
+            timed(opt, "step", "optimizer")
+            return opt
+
+        self.create_optimizer = create_optimizer
+        original_log = self._log_credit
+
+        def log_credit(mode, gamma, mask, sel, stats_time, *rest):
+            acc["statistics"] = acc.get("statistics", 0.0) + stats_time
+            return original_log(mode, gamma, mask, sel, stats_time, *rest)
+
+        self._log_credit = log_credit
+
+    core.AttnCreditGRPOTrainer.__init__ = init
+    torch.manual_seed(0)
+    import runpy
+
+    try:
+        runpy.run_path(str(ROOT / "scripts" / "grpo.py"), run_name="__main__")
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            raise
+    Path(out).write_text(json.dumps(steps_out))
+
+
+def _phases(step: dict) -> dict[str, float]:
+    stats = step.get("statistics", 0.0)
+    loss_fwd = max(0.0, step.get("loss_total", 0.0) - stats)
+    known = {"generate": step.get("generate", 0.0), "rewards": step.get("rewards", 0.0), "statistics": stats,
+             "loss_forward": loss_fwd, "backward": step.get("backward", 0.0), "optimizer": step.get("optimizer", 0.0)}
+    known["other"] = max(0.0, step["wall"] - sum(known.values()))
+    known["wall"] = step["wall"]
+    return known
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("recipe")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--variant", action="append", default=[],
+                   help="name:--key=value,--key=value (repeatable); the recipe as is is the variant 'recipe'")
+    p.add_argument("--write", action="store_true")
+    p.add_argument("--child", nargs=2, metavar=("OUT", "OVERRIDES_JSON"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        _child(args.recipe, json.loads(args.child[1]), args.steps, args.child[0])
+        return
+    import subprocess
+    import tempfile
+
+    variants = [("recipe", [])]
+    for v in args.variant:
+        name, _, flags = v.partition(":")
+        overrides = []
+        for f in filter(None, flags.split(",")):
+            key, _, value = f.partition("=")
+            overrides += [key] + value.split()
+        variants.append((name, overrides))
+    rows = []
+    for name, overrides in variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "steps.json")
+            cmd = [sys.executable, __file__, args.recipe, "--steps", str(args.steps), "--child", out, json.dumps(overrides)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"variant {name} failed:\n{proc.stderr[-3000:]}")
+            steps = [_phases(s) for s in json.loads(Path(out).read_text())]
+        kept = steps[1:] or steps
+        mean = {k: sum(s[k] for s in kept) / len(kept) for k in (*PHASES, "wall")}
+        rows.append((name, " ".join(overrides), mean))
+        print(f"{name}: " + ", ".join(f"{k} {mean[k]:.2f}s" for k in (*PHASES, "wall")), flush=True)
+    head = "| variant | overrides | " + " | ".join(PHASES) + " | step (s) | vs first |\n|" + "---|" * (len(PHASES) + 4)
+    lines = [f"Machine: {machine()}.", f"Command: `{command()}`; mean of steps 2..{args.steps} (step 1 is warm-up); seconds per step.", "", head]
+    base = rows[0][2]["wall"]
+    for name, overrides, m in rows:
+        cells = " | ".join(f"{m[k]:.2f} ({100 * m[k] / m['wall']:.0f} %)" for k in PHASES)
+        lines.append(f"| {name} | `{overrides or '-'}` | {cells} | **{m['wall']:.2f}** | {base / m['wall']:.2f}x |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        write_section("step", "## One training step, phase by phase (`bench/step.py`)\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
