@@ -364,24 +364,12 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                  "completion_mask": completion_mask, **(model_inputs or {})}
         needs, self.credit_needs = self.credit_needs, frozenset({"attention"})
         try:
-            cap = self._new_capture(batch, stop_early=True)
-            ids = torch.cat([prompt_ids, completion_ids], 1)
-            am = torch.cat([prompt_mask, completion_mask], 1)
-            was_training = self.model.training
-            self.model.eval()
-            self._pass_capture = cap
-            try:
-                with torch.no_grad():
-                    self._get_per_token_logps_and_entropies(self.model, ids, am, completion_ids.size(1),
-                                                            batch_size=self.args.per_device_train_batch_size,
-                                                            **self._model_inputs(batch))
-            finally:
-                self._pass_capture = None
-                self.model.train(was_training)
+            waad, fai, _ = self._credit_forward(batch, batch_size=self.args.per_device_train_batch_size)  # [B, T]
         finally:
             self.credit_needs = needs
-        stats = cap.stats.result()
-        return stats.waad, stats.fai
+        B, P = prompt_ids.shape
+        pad = lambda x, v: torch.cat([torch.full((B, P), v, dtype=x.dtype, device=x.device), x], 1)  # noqa: E731
+        return pad(waad, 0.0), pad(fai, float("nan"))  # [B, P+T]
 
     @staticmethod
     def _model_inputs(batch: dict) -> dict:
