@@ -351,15 +351,16 @@ class StatsAccumulator:
         return finalize_stats(merged, self.layers, self.am, self.resp, self.cfg)
 
 
-def check_attention_features(model, layers: list[int], max_length: int | None = None) -> None:
+def check_attention_features(model, layers: list[int], max_length=None) -> None:
     """Refuse, before training, attention that is not plain causal softmax on the selected layers.
 
     Logit soft-capping and attention sinks always change the softmax; a sliding window, and Llama 4's
     chunked attention (a query sees only the keys of its own block of ``attention_chunk_size``
     positions, applied through the mask alone), change it only for sequences longer than the window
     or chunk, so they are accepted when ``max_length`` (the longest prompt plus
-    ``max_completion_length``) fits inside. With ``max_length`` unknown the check is left to the
-    capture, which refuses a longer sequence when it sees one.
+    ``max_completion_length``) fits inside. ``max_length`` may be a callable, called only when a
+    selected layer has a window or chunks (it may have to tokenize a whole dataset). With it
+    unknown (None) the check is left to the capture, which refuses a longer sequence when it sees one.
     """
     config = unwrap_model(model).config
     config = getattr(config, "text_config", None) or config
@@ -373,21 +374,25 @@ def check_attention_features(model, layers: list[int], max_length: int | None = 
     if any(getattr(modules[l][1], "sinks", None) is not None for l in layers if l in modules):
         raise ValueError(f"{where} use attention sinks (learned per-head sink logits); rlattn's attention statistics support "
                          "plain causal softmax attention only. Use credit_strategy uniform, random or high_entropy with this model.")
-    if max_length is None:
-        return  # the capture refuses a sequence longer than the window or chunk when it sees one
     types = getattr(config, "layer_types", None)
     full = [l for l in range(len(types)) if types[l] == "full_attention"] if types else "none"
     window = getattr(config, "sliding_window", None)
+    chunk = getattr(config, "attention_chunk_size", None)
+    sliding = [l for l in layers if (types[l] == "sliding_attention" if types else getattr(config, "use_sliding_window", True))] \
+        if window is not None else []
+    chunked = [l for l in layers if types and types[l] == "chunked_attention"] if chunk is not None else []
+    if not sliding and not chunked:
+        return
+    max_length = max_length() if callable(max_length) else max_length
+    if max_length is None:
+        return  # the capture refuses a sequence longer than the window or chunk when it sees one
     if window is not None:
-        sliding = [l for l in layers if (types[l] == "sliding_attention" if types else getattr(config, "use_sliding_window", True))]
         if sliding and max_length > window:
             raise ValueError(f"{type(unwrap_model(model)).__name__} layers {sliding} use sliding-window attention (sliding_window="
                              f"{window}) and sequences here reach {max_length} tokens (longest prompt + max_completion_length): "
                              "the window would change the attention statistics. Choose attn_layers among the full-attention "
                              f"layers ({full}), keep sequences within the window, or use credit_strategy uniform, random or "
                              "high_entropy.")
-    chunk = getattr(config, "attention_chunk_size", None)
-    chunked = [l for l in layers if types and types[l] == "chunked_attention"] if chunk is not None else []
     if chunked and max_length > chunk:
         raise ValueError(f"{type(unwrap_model(model)).__name__} layers {chunked} use chunked attention (attention_chunk_size="
                          f"{chunk}) and sequences here reach {max_length} tokens (longest prompt + max_completion_length): "

@@ -74,6 +74,17 @@ def num_hidden_layers(model: torch.nn.Module) -> int:
     return int(config.num_hidden_layers)
 
 
+def _attention_chunk(module: torch.nn.Module, layer: int) -> int | None:
+    """``attention_chunk_size`` if ``layer`` is a chunked-attention layer (Llama 4: a query sees only
+    the keys of its own block of that many positions), else None. The chunks live in the attention
+    mask alone, so the attention function's arguments do not show them."""
+    config = getattr(module, "config", None)
+    types = getattr(config, "layer_types", None)
+    if not types or layer >= len(types) or types[layer] != "chunked_attention":
+        return None
+    return getattr(config, "attention_chunk_size", None)
+
+
 def _registry():
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -98,6 +109,7 @@ def capture_qk(model: torch.nn.Module, layers: list[int], callback: QKCallback, 
             f"{type(base).__name__} (found attention modules for layers {sorted(modules)[:8]}...)"
         )
     targets = {id(modules[l][1]): l for l in layers}
+    chunks = {l: _attention_chunk(modules[l][1], l) for l in layers}
     last = max(layers)
     # the attention modules look themselves up under their own config's implementation name
     impl = getattr(modules[layers[0]][1].config, "_attn_implementation", None) or "eager"
@@ -128,6 +140,13 @@ def capture_qk(model: torch.nn.Module, layers: list[int], callback: QKCallback, 
                         f"layer {layer} ({modules[layer][0]}) uses {what} ({kw}={kwargs[kw]!r}); "
                         "rlattn's attention statistics support plain causal softmax attention only"
                     )
+            chunk = chunks[layer]
+            if chunk is not None and query.shape[2] > chunk:  # within one chunk it is plain causal softmax
+                raise ValueError(
+                    f"layer {layer} ({modules[layer][0]}) uses chunked attention (attention_chunk_size={chunk}) and this "
+                    f"sequence has {query.shape[2]} positions; rlattn's attention statistics support plain causal "
+                    "softmax attention only"
+                )
             scaling = kwargs.get("scaling")
             if scaling is None:
                 scaling = getattr(module, "scaling", None) or query.shape[-1] ** -0.5

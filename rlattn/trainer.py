@@ -76,6 +76,7 @@ class _PassCapture:
         self.on_done = on_done
         self.entropies = None
         self.ran = False
+        self.skip_if_inert = False  # armed before the completions exist (TRL's old-log-prob pass): check them then
 
 
 class _EarlyExit:
@@ -165,7 +166,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         self._credit_layers = None
         if self.stats_config is not None and "attention" in self.credit_needs:
             self._credit_layers = self.stats_config.resolve_layers(num_hidden_layers(self.model))
-            check_attention_features(self.model, self._credit_layers, self._max_sequence_length())
+            check_attention_features(self.model, self._credit_layers, self._max_sequence_length)
 
     # ---------------------------------------------------------------- extension points
 
@@ -217,7 +218,14 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         if ds is None or not hasattr(ds, "__len__") or "prompt" not in getattr(ds, "column_names", []):
             return None
         try:
-            ids = self._tokenize_prompts(list(ds["prompt"]))[0]
+            prompts = list(ds["prompt"])
+            columns = ds.column_names
+            if "images" in columns or "image" in columns:  # a VLM's prompt length includes its image tokens
+                from trl.data_utils import prepare_multimodal_messages
+
+                images = ds["images"] if "images" in columns else [None if im is None else [im] for im in ds["image"]]
+                prompts = [prepare_multimodal_messages(p, images=im) if im else p for p, im in zip(prompts, images)]
+            ids = self._tokenize_prompts(prompts)[0]
         except Exception:  # noqa: BLE001 - an unusual dataset: the runtime check in the capture still holds
             return None
         return max(map(len, ids)) + int(self.args.max_completion_length or 0)
@@ -239,6 +247,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                                                               compute_entropy, *args, **kwargs)
         self._pass_capture = None  # one pass per capture: TRL's reference pass comes after it
         want = compute_entropy or cap.want_entropy
+        if cap.attention and cap.skip_if_inert and self._inert_without_fai(attention_mask[:, -logits_to_keep:].bool()):
+            cap.attention = False  # no completion is longer than H_lo: γ = 1 whatever the statistics, so capture nothing
         if not cap.attention:
             out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
                                                              want, *args, **kwargs)
@@ -279,6 +289,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         if path == "piggyback":
             piggy = self._pass_capture = _PassCapture("attention" in self.credit_needs, "entropies" in self.credit_needs,
                                                       stop_early=False)
+            piggy.skip_if_inert = True
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
@@ -306,7 +317,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         observer = self.credit_observer(output)
         extra = 0.0
         if path == "piggyback" and piggy.ran:  # TRL's old-log-prob pass was captured
-            if "attention" in self.credit_needs:
+            if piggy.stats is not None:  # None: the batch was inert, nothing was captured
                 waad, fai = self._piggyback_stats(output, piggy)
             entropies = piggy.entropies
         elif path in ("piggyback", "fused", "extra") and not inert:
