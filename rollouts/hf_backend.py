@@ -123,7 +123,8 @@ class HFRolloutBackend:
             # neutral warper values so a model's generation_config (e.g. temperature 0.6) is not applied
             kwargs.update(temperature=None, top_p=None, top_k=None)
         else:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None,
+            # top_k 0 disables top-k explicitly: None would let generation_config's default (50) apply
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=max(0, int(sampling.top_k)),
                           min_p=sampling.min_p or None)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)

@@ -137,3 +137,21 @@ def test_rollout_func_drives_a_trainer_step(tmp_path):
     assert fn.version == 1  # synced at step 0 and step 1
     logged = {k for h in trainer.state.log_history for k in h}
     assert {"rollouts/generate_s", "rollouts/tokens_per_s", "loss"} <= logged
+
+
+def test_top_k_off_is_passed_as_off(tiny, monkeypatch):
+    # top_k 0 means "disabled"; None would let the generation config's default top_k=50 apply
+    model, tok = tiny
+    seen = {}
+    original = model.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000])
+    backend.generate(prompts(tok), SamplingSpec(max_tokens=2, temperature=0.7, seed=0))
+    assert seen["top_k"] == 0
+    backend.generate(prompts(tok), SamplingSpec(max_tokens=2, temperature=0.7, top_k=5, seed=0))
+    assert seen["top_k"] == 5
