@@ -15,6 +15,7 @@ import sys
 # Python puts this script's folder first on sys.path; scripts never import each other.
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != os.path.dirname(os.path.realpath(__file__))]
 
+from rlattn.backbones import BackboneArguments
 from rlattn.compare import parse_compare_args, run_comparison
 
 
@@ -24,7 +25,7 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     # ---- check the grid, train every (strategy, seed), evaluate all runs, report ----
-    run_comparison(config)
+    run_comparison(config, extra=(BackboneArguments,))  # recipes may carry the backbone plug-in's keys
 
 
 if __name__ == "__main__":

@@ -55,9 +55,11 @@ def _script(name: str) -> Path:
     return path
 
 
-def check_grid(config: CompareConfig) -> list[GridRun]:
-    """Every run of the grid, with its arguments parsed once here so a bad grid fails before training."""
-    from rlattn.backbones import BackboneArguments
+def check_grid(config: CompareConfig, extra: tuple = ()) -> list[GridRun]:
+    """Every run of the grid, with its arguments parsed once here so a bad grid fails before training.
+
+    ``extra``: the plug-in dataclasses scripts/grpo.py parses besides the core's (scripts/compare.py
+    passes the same), so recipes with plug-in keys parse here as they do there."""
     from rlattn.cli import parse_grpo_args
 
     runs = []
@@ -67,7 +69,7 @@ def check_grid(config: CompareConfig) -> list[GridRun]:
             argv = (config.compare_base_recipe, *config.budget(), *variant.overrides, "--seed", str(seed),
                     "--output_dir", str(out))
             try:
-                _, training_args, _, _ = parse_grpo_args(list(argv), extra=(BackboneArguments,))
+                training_args = parse_grpo_args(list(argv), extra=extra)[1]
             except (ValueError, FileNotFoundError) as err:
                 raise ValueError(f"compare_strategies entry {variant.label!r} (seed {seed}): {err}") from None
             except SystemExit as err:  # argparse: an unknown key
@@ -107,16 +109,15 @@ def _train(run: GridRun, config: CompareConfig, index: int, total: int, log: Cal
     return info
 
 
-def _base_model(config: CompareConfig) -> str:
-    from rlattn.backbones import BackboneArguments
+def _base_model(config: CompareConfig, extra: tuple) -> str:
     from rlattn.cli import parse_grpo_args
 
-    _, _, model_args, _ = parse_grpo_args([config.compare_base_recipe, *config.budget()], extra=(BackboneArguments,))
-    return model_args.model_name_or_path
+    return parse_grpo_args([config.compare_base_recipe, *config.budget()], extra=extra)[2].model_name_or_path
 
 
-def run_comparison(config: CompareConfig, log: Callable[[str], None] | None = None) -> dict:
-    """Check, train, evaluate and report the grid; returns the report dict (also report.json)."""
+def run_comparison(config: CompareConfig, log: Callable[[str], None] | None = None, extra: tuple = ()) -> dict:
+    """Check, train, evaluate and report the grid; returns the report dict (also report.json).
+    ``extra``: plug-in dataclasses, as for :func:`check_grid`."""
     import shlex
 
     from rlattn.eval import evaluate, parse_eval_args
@@ -124,13 +125,13 @@ def run_comparison(config: CompareConfig, log: Callable[[str], None] | None = No
     from .report import write_report
 
     log = log or (lambda line: print(line, flush=True))
-    runs = check_grid(config)
+    runs = check_grid(config, extra)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     infos = [_train(run, config, i + 1, len(runs), log) for i, run in enumerate(runs)]
 
     labels = ["start"] + [f"{r.variant.label}/seed{r.seed}" for r in runs]
-    models = [_base_model(config)] + [str(r.output_dir) for r in runs]
+    models = [_base_model(config, extra)] + [str(r.output_dir) for r in runs]
     eval_args = [config.compare_eval_recipe, *shlex.split(config.compare_eval_overrides), "--models", *models,
                  "--model_labels", *labels, "--output_dir", str(out / "eval")]
     log(f"evaluating {len(models)} models (the starting model and {len(runs)} runs) -> {out / 'eval'}")
@@ -139,7 +140,7 @@ def run_comparison(config: CompareConfig, log: Callable[[str], None] | None = No
     if config.compare_signal:
         from .signal import signal_shift
 
-        signal = signal_shift(config, runs, models[0])
+        signal = signal_shift(config, runs, models[0], extra=extra)
     report = write_report(config, runs, infos, eval_report, out, signal=signal)
     log(f"report in {out / 'report.md'}")
     return report

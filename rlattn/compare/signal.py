@@ -66,10 +66,9 @@ def compare_signals(model_a, model_b, tokenizer, records, stats_config, credit_c
     return out
 
 
-def signal_shift(config, runs, start_spec: str, limit: int = 32) -> dict:
+def signal_shift(config, runs, start_spec: str, limit: int = 32, extra: tuple = ()) -> dict:
     """For seed 0 (the first seed) of the baseline and of the first other strategy: the starting
     model vs the trained policy on that run's logged completions."""
-    from rlattn.backbones import BackboneArguments
     from rlattn.cli import parse_grpo_args
     from rlattn.models import load_model_and_tokenizer
     from rlattn.rollouts import load_records
@@ -84,7 +83,7 @@ def signal_shift(config, runs, start_spec: str, limit: int = 32) -> dict:
         path = run.output_dir / "rollouts.jsonl"
         if not path.is_file():
             continue
-        _, training_args, _, _ = parse_grpo_args(list(run.argv), extra=(BackboneArguments,))
+        training_args = parse_grpo_args(list(run.argv), extra=extra)[1]
         trained = load_model_and_tokenizer(str(run.output_dir), dtype="float32")
         out[f"{run.variant.label}/seed{seed}"] = compare_signals(
             start.model, trained.model, start.tokenizer, load_records(path), training_args.attention_stats_config(),
