@@ -40,7 +40,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from types import SimpleNamespace
 
@@ -165,7 +164,10 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         self._warned: set[str] = set()
         self._credit_layers = None
         if self.stats_config is not None and "attention" in self.credit_needs:
-            self._credit_layers = self.stats_config.resolve_layers(num_hidden_layers(self.model))
+            try:
+                self._credit_layers = self.stats_config.resolve_layers(num_hidden_layers(self.model))
+            except ValueError as e:  # name the YAML key, as AttnCreditConfig.attention_stats_config does
+                raise ValueError(str(e).replace("AttentionStatsConfig.layers", "attn_layers")) from None
             check_attention_features(self.model, self._credit_layers, self._max_sequence_length)
 
     # ---------------------------------------------------------------- extension points
@@ -469,10 +471,16 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             parts.setdefault(key, []).append((rows, value.detach()))
         stats_time = time.perf_counter() - t0 + (cap.stats.reduce_time if cap is not None and cap.stats is not None else 0.0)
         mode = fused["mode"]
-        self._log_credit(mode, gamma, mask, sel, stats_time, fused["cycle_start"], False, None, fused["inert"])
+        self._log_credit(mode, gamma, mask, sel, stats_time, fused["cycle_start"], False, None, fused["inert"], time_it=False)
         self._maybe_write_samples(inputs, rows, gamma, waad, fai, mask, sel, cfg, fused["n_local"])
+        fused["time"] = fused.get("time", 0.0) + stats_time
         done = sum(len(r) for r, _ in parts["gamma"])
         if done >= fused["B"]:  # the whole generation batch has been seen: assemble it in generation order
+            # the batch's credit time, as a share of the time from its generation to its last loss forward
+            self._metrics[mode]["credit/stats_time_s"].append(fused["time"])
+            self._metrics[mode]["credit/stats_time_frac"].append(
+                fused["time"] / max(time.perf_counter() - fused["cycle_start"], 1e-9))
+            self._last_cycle_start = fused["cycle_start"]
             full = {}
             for key, pieces in parts.items():
                 first = pieces[0][1]
@@ -489,7 +497,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             self._warned.add(key)
             logger.warning(message)
 
-    def _log_credit(self, mode, gamma, mask, sel, stats_time, cycle_start, piggybacked, extra, inert):
+    def _log_credit(self, mode, gamma, mask, sel, stats_time, cycle_start, piggybacked, extra, inert, time_it=True):
         from rlattn.credit.report import credit_report
 
         report = credit_report(gamma, mask, **sel)
@@ -501,9 +509,10 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             self._last_cycle_start = cycle_start
             self._metrics[mode]["credit/extra_forward"].append(float(extra))
             self._metrics[mode]["credit/piggybacked"].append(float(piggybacked))
-        self._metrics[mode]["credit/stats_time_s"].append(stats_time)
-        # share of the wall time since the previous generation batch began (generation + optimisation)
-        self._metrics[mode]["credit/stats_time_frac"].append(stats_time / max(cycle, 1e-9))
+        if time_it:
+            self._metrics[mode]["credit/stats_time_s"].append(stats_time)
+            # share of the wall time since the previous generation batch began (generation + optimisation)
+            self._metrics[mode]["credit/stats_time_frac"].append(stats_time / max(cycle, 1e-9))
         if bool(mask.any()) and bool((gamma[mask] == 1).all()) and not inert:
             self._warn_once("inert_batch", f"rlattn: credit_strategy={self.credit_config.strategy!r} left γ = 1 on every "
                             "response token of a batch (no token selected); counted in credit/inert")
@@ -516,7 +525,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         steps = max(1, int(self.args.logging_steps))  # a fractional logging_steps means every step here
         if n <= 0 or not self.model.training or self.state.global_step % steps != 0:
             return
-        from rlattn.rollouts.records import append_records
+        from rlattn.rollouts.records import append_records, records_path
 
         rank = self.accelerator.process_index
         lo = rank * n_local
@@ -545,9 +554,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 "anchor": sel["anchor"][i][m].tolist() if "anchor" in sel else None,
                 "strategy": cfg.strategy,
             })
-        if records:
-            path = os.path.join(self.args.output_dir, f"rollouts{'' if rank == 0 else f'-rank{rank}'}.jsonl")
-            append_records(path, records)
+        if records:  # the same path rlattn.runs cuts back on resume
+            append_records(records_path(self.args.output_dir, rank), records)
 
 
 def _last(values, index, total):
