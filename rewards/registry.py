@@ -17,6 +17,13 @@ the logged means) and is counted, so the failure rate can be logged as a metric.
   ``.stats`` (:class:`RewardStats`), warns with the exception the first time, and, when TRL
   passes its ``log_metric`` hook (TRL >= 1.x does), logs ``rewards/<name>/failed_frac`` and
   ``rewards/<name>/none_frac`` per batch.
+- :meth:`SafeReward.bound` (the scripts apply it to every reward, from ``reward_call_timeout_s``,
+  ``reward_max_failed_steps`` and ``reward_max_failed_frac``): each call runs in a worker thread
+  and gets at most ``call_timeout_s`` seconds; a call past the bound gives ``None`` for every
+  sample (counted as failed, and in ``.stats.timeouts``; one warning per reward) and its thread
+  is abandoned. A reward whose failed share stays at or above ``max_failed_frac`` for
+  ``max_failed_steps`` consecutive calls raises :class:`RewardFailedError`, which stops the run,
+  naming the reward and its first failure.
 
 The reward contract is TRL's: ``fn(completions, **kwargs) -> list[float | None]``, one value
 per completion, every dataset column (``solution``, ``nums``, ...) arriving as a keyword.
@@ -24,6 +31,7 @@ per completion, every dataset column (``solution``, ``nums``, ...) arriving as a
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -35,8 +43,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 __all__ = [
     "REWARD_REGISTRY",
+    "RewardFailedError",
     "RewardStats",
     "SafeReward",
+    "bound_rewards",
     "get_reward_fn",
     "get_reward_fns",
     "register_reward",
@@ -179,16 +189,19 @@ class RewardStats:
     """Counters one wrapped reward keeps over its lifetime.
 
     calls: batches scored. samples: completions scored. failed: samples turned into ``None``
-    because the function raised, returned the wrong number of values, or returned NaN, inf or
-    a non-number. none: samples that came out ``None`` in total (``failed`` plus the function's
-    own "cannot verify").
+    because the function raised, returned the wrong number of values, returned NaN, inf or
+    a non-number, or did not return within its bound. none: samples that came out ``None`` in
+    total (``failed`` plus the function's own "cannot verify"). timeouts: calls past the bound
+    (each abandoned in its thread).
     """
 
     calls: int = 0
     samples: int = 0
     failed: int = 0
     none: int = 0
+    timeouts: int = 0
     last_error: str | None = field(default=None, repr=False)
+    first_error: str | None = field(default=None, repr=False)
 
     @property
     def failed_frac(self) -> float:
@@ -213,10 +226,41 @@ class SafeReward:
         self.stats = RewardStats()
         self._lock = threading.Lock()
         self._warned = False
+        self.call_timeout_s: float | None = None
+        self.max_failed_steps = 0
+        self.max_failed_frac = 1.0
+        self._failed_streak = 0
+        self._warned_timeout = False
+        self._abandoned: list[threading.Thread] = []
+
+    def bound(self, call_timeout_s: float | None = None, max_failed_steps: int = 0,
+              max_failed_frac: float = 1.0) -> "SafeReward":
+        """Bound each call to ``call_timeout_s`` seconds (None: unbounded, in the caller's thread), and
+        raise :class:`RewardFailedError` once ``max_failed_steps`` consecutive calls (0: never) each
+        failed on at least ``max_failed_frac`` of their samples. Returns self."""
+        t = call_timeout_s
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf):
+            raise ValueError(f"reward_call_timeout_s={t!r} must be a positive number of seconds (0 or None: no bound)")
+        if isinstance(max_failed_steps, bool) or not isinstance(max_failed_steps, int) or max_failed_steps < 0:
+            raise ValueError(f"reward_max_failed_steps={max_failed_steps!r} must be an int >= 0 (0: never stop)")
+        if not 0 < float(max_failed_frac) <= 1:
+            raise ValueError(f"reward_max_failed_frac={max_failed_frac!r} must be a fraction in (0, 1]")
+        self.call_timeout_s = None if call_timeout_s is None else float(call_timeout_s)
+        self.max_failed_steps = max_failed_steps
+        self.max_failed_frac = float(max_failed_frac)
+        return self
+
+    @property
+    def abandoned_running(self) -> int:
+        """Calls abandoned at the bound whose threads still run."""
+        with self._lock:
+            self._abandoned = [t for t in self._abandoned if t.is_alive()]
+            return len(self._abandoned)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.pop("_lock")
+        state["_abandoned"] = []
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -228,12 +272,62 @@ class SafeReward:
 
     def __call__(self, completions, *args, **kwargs) -> list[float | None]:
         n = len(completions)
+        if self.call_timeout_s is not None:
+            raw, error = self._call_in_thread(completions, args, kwargs)
+            return self._finish(raw, error, n, kwargs)
         try:
             raw = self.fn(completions, *args, **kwargs)
             error = None
         except Exception as exc:  # noqa: BLE001 - the point of the wrapper
             raw, error = None, exc
         return self._finish(raw, error, n, kwargs)
+
+    #: abandoned calls still running beyond which the reward is not called again (until one returns)
+    MAX_ABANDONED = 4
+
+    def _call_in_thread(self, completions, args, kwargs):
+        running = self.abandoned_running
+        if running >= self.MAX_ABANDONED:
+            return None, RewardTimeout(f"{running} earlier calls are still running past reward_call_timeout_s="
+                                       f"{self.call_timeout_s:g} s; not calling it again until one returns")
+        box: dict = {}
+
+        def target():
+            try:
+                box["value"] = self.fn(completions, *args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"rlattn-reward-{self.__name__}", daemon=True)
+        thread.start()
+        thread.join(self.call_timeout_s)
+        if thread.is_alive():
+            with self._lock:
+                self._abandoned.append(thread)
+                self.stats.timeouts += 1
+                count = self.stats.timeouts
+            error = RewardTimeout(f"did not return within reward_call_timeout_s={self.call_timeout_s:g} s "
+                                  f"(the call is abandoned in its thread; {count} so far)")
+            self._warn_timeout(error)
+            return None, error
+        if "error" in box:
+            if not isinstance(box["error"], Exception):  # KeyboardInterrupt, SystemExit: not a reward failure
+                raise box["error"]
+            return None, box["error"]
+        return box.get("value"), None
+
+    def _warn_timeout(self, error: BaseException) -> None:
+        with self._lock:
+            first, self._warned_timeout = not self._warned_timeout, True
+            self.stats.last_error = f"{type(error).__name__}: {error}"
+            if self.stats.first_error is None:
+                self.stats.first_error = self.stats.last_error
+        if first:
+            logger.warning("reward %r %s; every sample of such a call gets None (counted in rewards/%s/failed_frac "
+                           "and .stats.timeouts). Raise reward_call_timeout_s if it is just slow, or fix it.",
+                           self.__name__, error, self.__name__)
+        else:
+            logger.debug("reward %r %s", self.__name__, error)
 
     def _finish(self, raw, error: BaseException | None, n: int, kwargs: dict) -> list[float | None]:
         if error is None:
@@ -247,7 +341,8 @@ class SafeReward:
         if error is not None:
             values: list[float | None] = [None] * n
             failed = n
-            self._warn_once(f"raised {type(error).__name__}: {error}", error)
+            if not isinstance(error, RewardTimeout):  # warned about on its own
+                self._warn_once(f"raised {type(error).__name__}: {error}", error)
         else:
             values, failed = [], 0
             for value in raw:
@@ -271,11 +366,28 @@ class SafeReward:
                 log_metric(f"rewards/{self.__name__}/none_frac", nones / n)
             except Exception:  # noqa: BLE001 - logging must not break scoring
                 logger.debug("log_metric failed", exc_info=True)
+        self._check_streak(failed, n)
         return values
+
+    def _check_streak(self, failed: int, n: int) -> None:
+        if not self.max_failed_steps or not n:
+            return
+        with self._lock:
+            self._failed_streak = self._failed_streak + 1 if failed / n >= self.max_failed_frac else 0
+            streak = self._failed_streak
+        if streak >= self.max_failed_steps:
+            share = "every sample" if self.max_failed_frac >= 1 else f"at least {self.max_failed_frac:.0%} of its samples"
+            raise RewardFailedError(
+                f"reward {self.__name__!r} failed on {share} in {streak} consecutive calls (reward_max_failed_steps="
+                f"{self.max_failed_steps}, reward_max_failed_frac={self.max_failed_frac:g}), so training on it learns "
+                f"nothing; its first failure: {self.stats.first_error}. Fix the reward (the first warning has the "
+                "traceback), or set reward_max_failed_steps: 0 to keep training with its samples scored None.")
 
     def _warn_once(self, what: str, exc: BaseException | None = None) -> None:
         with self._lock:
             self.stats.last_error = what
+            if self.stats.first_error is None:
+                self.stats.first_error = what
             first = not self._warned
             self._warned = True
         if first:
@@ -295,11 +407,39 @@ class AsyncSafeReward(SafeReward):
     async def __call__(self, completions, *args, **kwargs) -> list[float | None]:  # type: ignore[override]
         n = len(completions)
         try:
-            raw = await self.fn(completions, *args, **kwargs)
+            if self.call_timeout_s is None:
+                raw = await self.fn(completions, *args, **kwargs)
+            else:
+                raw = await asyncio.wait_for(self.fn(completions, *args, **kwargs), self.call_timeout_s)
             error = None
+        except asyncio.TimeoutError:
+            with self._lock:
+                self.stats.timeouts += 1
+                count = self.stats.timeouts
+            raw, error = None, RewardTimeout(f"did not return within reward_call_timeout_s={self.call_timeout_s:g} s "
+                                             f"(cancelled; {count} so far)")
+            self._warn_timeout(error)
         except Exception as exc:  # noqa: BLE001
             raw, error = None, exc
         return self._finish(raw, error, n, kwargs)
+
+
+class RewardTimeout(TimeoutError):
+    """A reward call that did not return within its bound (its samples get None)."""
+
+
+class RewardFailedError(RuntimeError):
+    """A reward failed on (nearly) every sample for ``max_failed_steps`` consecutive calls: training stops."""
+
+
+def bound_rewards(funcs, call_timeout_s: float | None = 300.0, max_failed_steps: int = 3,
+                  max_failed_frac: float = 1.0) -> list[SafeReward]:
+    """:meth:`SafeReward.bound` on every :class:`SafeReward` in ``funcs`` (reward models and other
+    callables are left as they are); returns the bounded ones."""
+    bounded = [f for f in funcs if isinstance(f, SafeReward)]
+    for f in bounded:
+        f.bound(call_timeout_s=call_timeout_s, max_failed_steps=max_failed_steps, max_failed_frac=max_failed_frac)
+    return bounded
 
 
 _BAD = object()

@@ -113,27 +113,70 @@ def build_rewards(script_args, training_args):
 
 
 def resolve_checkpoint(value, output_dir: str):
-    """``resume_from_checkpoint``: a path, or true/'last' for the newest checkpoint in output_dir."""
+    """``resume_from_checkpoint``: a path, or true/'last' for the newest *complete* checkpoint in output_dir.
+
+    Complete (``rlattn.runs.checkpoint_status``): its completion marker lists files that are all there
+    with their sizes; for a checkpoint written before the marker existed, ``trainer_state.json`` and the
+    optimizer state are present. A save cut short (``kill -9``, a crash, a full disk) is skipped with a
+    warning that names it and what it lacks; a checkpoint given by path that is incomplete raises,
+    naming what is missing and the fix.
+    """
+    from rlattn.runs import checkpoint_status, checkpoint_step, list_checkpoints, list_interrupt_saves
+
     if value in (None, "", False, "false", "False"):
         return None
     if value in (True, "true", "True", "last"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if last is None:
-            raise FileNotFoundError(f"resume_from_checkpoint={value!r} but {output_dir} has no checkpoint-* dir")
-        return last
+        found = list_checkpoints(output_dir)
+        if not found:
+            saves = [p for p in list_interrupt_saves(output_dir) if checkpoint_status(p).complete]
+            hint = f"resume from {saves[0]}, saved after a fault, with --resume_from_checkpoint {saves[0]}; " if saves else ""
+            raise FileNotFoundError(f"resume_from_checkpoint={value!r} but {output_dir} has no checkpoint-* dir; {hint}"
+                                    "start without resume_from_checkpoint, or give a checkpoint's path")
+        skipped = []
+        for path in found:
+            status = checkpoint_status(path)
+            if status.complete:
+                if skipped:
+                    logger.warning("rlattn: resuming from %s, the newest complete checkpoint; skipped %s", path,
+                                   "; ".join(skipped))
+                else:
+                    logger.info("rlattn: resuming from %s (%s)", path, status.reason)
+                newer = [p for p in list_interrupt_saves(output_dir) if checkpoint_status(p).complete
+                         and checkpoint_step(p) > checkpoint_step(path)]
+                if newer:
+                    logger.warning("rlattn: %s, saved after a fault, is further along (step %d); to resume from it "
+                                   "instead: --resume_from_checkpoint %s", newer[0], checkpoint_step(newer[0]), newer[0])
+                return str(path)
+            skipped.append(f"{path.name}: {status.reason}")
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={value!r}: no complete checkpoint in {output_dir} ({'; '.join(skipped)}). "
+            "Fix: give a complete checkpoint's path (e.g. an interrupted-* dir), or start without resume_from_checkpoint")
     if not os.path.isdir(value):
         raise FileNotFoundError(f"resume_from_checkpoint={value!r} is not a directory")
+    status = checkpoint_status(value)
+    if not status.complete:
+        others = [p for p in list_checkpoints(output_dir) if os.path.abspath(p) != os.path.abspath(value)
+                  and checkpoint_status(p).complete]
+        fix = (f"resume from {others[0]}, the newest complete one (--resume_from_checkpoint last)" if others
+               else "resume from another, complete checkpoint, or start without resume_from_checkpoint")
+        raise FileNotFoundError(f"resume_from_checkpoint={value!r} cannot be resumed from: {status.reason}. Fix: {fix}")
     return value
 
 
 def write_run_summary(trainer, output_dir: str) -> Path:
-    """metrics.jsonl (TRL's log history, one entry a line) next to the saved model."""
+    """metrics.jsonl (TRL's log history, one entry a line) next to the saved model; written whole or not at all."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.jsonl"
-    with path.open("w") as f:
-        for entry in trainer.state.log_history:
-            f.write(json.dumps(entry) + "\n")
+    tmp = out / f".metrics.jsonl.tmp-{os.getpid()}"
+    try:
+        with tmp.open("w") as f:
+            for entry in trainer.state.log_history:
+                f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

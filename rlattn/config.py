@@ -49,6 +49,20 @@ class ScriptArguments:
     accuracy_fallback_last_number: bool = field(default=False, metadata=_h("accuracy reward: when no non-empty \\boxed{} exists, grade the last number (lenient; helps tiny models)."))
     reward_timeout_s: float = field(default=5.0, metadata=_h("Per-sample bound on math grading, enforced in worker processes."))
     soft_overlong_cache: int = field(default=64, metadata=_h("soft_overlong reward: length of the soft-penalty window before max_completion_length."))
+    reward_call_timeout_s: float = field(default=300.0, metadata=_h("Bound on one call (a whole batch) of every reward function, enforced in a worker thread: past it the call's samples get None (counted in rewards/<name>/failed_frac, one warning per reward) and the call is abandoned. 0: no bound (the reward runs in the trainer's thread)."))
+    reward_max_failed_steps: int = field(default=3, metadata=_h("Stop the run with an error naming the reward when it fails (raises, wrong length, non-finite, past its bound) on at least reward_max_failed_frac of its samples in this many consecutive calls (one per generation batch). 0: keep going."))
+    reward_max_failed_frac: float = field(default=1.0, metadata=_h("Failed share of a call's samples that counts towards reward_max_failed_steps (1.0: every sample failed)."))
+    overwrite_output_dir: bool = field(default=False, metadata=_h("Start even when output_dir's lock (.rlattn.lock) looks held by another live run, taking the lock over: for a holder you know is gone (e.g. one on another host). Without it such a start refuses, naming the holder; a lock left by a dead process on this host is taken over with a warning either way."))
+
+    def __post_init__(self):
+        t = self.reward_call_timeout_s
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf"):
+            raise ValueError(f"reward_call_timeout_s={t!r} must be a number of seconds >= 0 (0: no bound)")
+        if isinstance(self.reward_max_failed_steps, bool) or not isinstance(self.reward_max_failed_steps, int) \
+                or self.reward_max_failed_steps < 0:
+            raise ValueError(f"reward_max_failed_steps={self.reward_max_failed_steps!r} must be an int >= 0 (0: never stop)")
+        if not 0 < float(self.reward_max_failed_frac) <= 1:
+            raise ValueError(f"reward_max_failed_frac={self.reward_max_failed_frac!r} must be a fraction in (0, 1]")
 
 
 @dataclass

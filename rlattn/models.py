@@ -343,7 +343,8 @@ def locate_model(spec: str) -> tuple[str, str, str | None]:
     if os.path.exists(expanded):
         raise ModelLoadError(f"model {spec!r}: {expanded} is a file, not a checkpoint directory")
     if _looks_like_path(spec):
-        raise FileNotFoundError(f"model {spec!r}: no such checkpoint directory: {expanded} (a hub id is 'org/name')")
+        raise FileNotFoundError(f"model {spec!r}: no such checkpoint directory: {os.path.abspath(expanded)} (the path does "
+                                "not exist; a hub id is 'org/name')")
     return "hub", spec, None
 
 
@@ -376,7 +377,9 @@ def load_model_and_tokenizer(spec: str, dtype="auto", attn_implementation: str =
     except ModelLoadError:
         raise  # the base model of an adapter failed: that error already names it
     except Exception as err:  # corrupt weights, bad config, hub/network failures, shape mismatches
-        raise ModelLoadError(f"model {spec!r}: cannot load {kind} from {path}: {type(err).__name__}: {err}") from err
+        local = (f" (as a local path: no such directory {os.path.abspath(os.path.expanduser(spec))}; a local model is a "
+                 "directory with config.json)") if kind == "hub" else ""
+        raise ModelLoadError(f"model {spec!r}: cannot load {kind} from {path}{local}: {type(err).__name__}: {err}") from err
     if device is not None:
         model.to(device)
     if eval_mode:

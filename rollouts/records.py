@@ -4,7 +4,8 @@ One record per completion: prompt, completion text and ids, tokens, rewards per 
 advantage, and per-token γ, WAAD, FAI and preplan/anchor flags. The trainer appends them as JSONL
 (``rollouts.jsonl`` in the output dir, every ``logging_steps``); ``write_records`` also writes
 Parquet. ``load_records`` reads either back as a list of dicts, for the inspection and evaluation
-tools. NaN values are stored as null (JSON has no NaN).
+tools. NaN values are stored as null (JSON has no NaN). ``truncate_records`` cuts a file back to
+the records before a step (a resumed run writes the later ones again), atomically.
 """
 
 from __future__ import annotations
@@ -26,13 +27,57 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def records_path(output_dir: str | os.PathLike, rank: int = 0) -> Path:
+    """Where a training process appends its records: ``rollouts.jsonl`` (rank 0), ``rollouts-rank<r>.jsonl``."""
+    return Path(output_dir) / ("rollouts.jsonl" if rank == 0 else f"rollouts-rank{rank}.jsonl")
+
+
 def append_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """Append records to a JSONL file (created with its parent dir if needed)."""
+    """Append records to a JSONL file (created with its parent dir if needed), in one write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in records)
     with path.open("a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(_clean(r), ensure_ascii=False) + "\n")
+        f.write(text)
+
+
+def truncate_records(path: str | os.PathLike, before_step: int) -> tuple[int, int]:
+    """Keep the records of the JSONL file ``path`` whose ``step`` is below ``before_step``; drop the
+    rest and any torn line (a write cut short). The file is replaced whole (a temporary sibling,
+    fsynced, renamed over it), so a crash leaves either the old or the new file. Records without a
+    ``step`` are kept. Returns ``(kept, dropped)``; a missing file gives ``(0, 0)``."""
+    path = Path(path)
+    if not path.is_file():
+        return 0, 0
+    kept: list[str] = []
+    dropped = 0
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(step, (int, float)) and step >= before_step:
+                dropped += 1
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if not dropped:
+        return len(kept), 0
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(kept), dropped
 
 
 def write_records(path: str | os.PathLike, records: list[dict]) -> None:

@@ -9,16 +9,19 @@ import sys
 
 from transformers import set_seed
 
-from rlattn.cli import build_policy, build_rewards, load_train_dataset, parse_grpo_args, resolve_checkpoint, write_run_summary
+from rlattn.cli import build_policy, build_rewards, load_train_dataset, parse_grpo_args
 from rlattn.models import resolve_model
 from rlattn.ppo import AttnCreditPPOConfig, AttnCreditPPOTrainer
 from rlattn.rollouts import resolve_rollout
+from rlattn.runs import CheckpointMarker, check_model, lock_output_dir, run_training
 
 
 def main():
     # ---- parse: recipe YAML + command-line overrides; unknown keys fail naming the key ----
     script_args, training_args, model_args = parse_grpo_args(config_class=AttnCreditPPOConfig)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    lock_output_dir(training_args, overwrite=script_args.overwrite_output_dir)  # one run per output_dir
+    check_model(model_args, training_args)  # a missing path, attn_layers out of range: before any weight loads
     set_seed(training_args.seed)
 
     # ---- data, policy (LoRA when use_peft), rewards, rollouts: as for GRPO ----
@@ -36,22 +39,12 @@ def main():
         processing_class=processing_class,
         peft_config=peft_config,
         rollout_func=rollout_func,
+        callbacks=[CheckpointMarker()],  # marks each checkpoint complete once written
     )
 
-    # ---- train; on any failure, keep what was learned before re-raising ----
-    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    except BaseException:
-        trainer.save_model(f"{training_args.output_dir}/interrupted")
-        write_run_summary(trainer, f"{training_args.output_dir}/interrupted")
-        raise
-
-    # ---- save: policy adapter or model, critic, tokenizer, metrics ----
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()
-    path = write_run_summary(trainer, training_args.output_dir)
-    trainer.accelerator.print(f"rlattn: saved to {training_args.output_dir} (metrics: {path})")
+    # ---- train and save (policy adapter or model, critic, tokenizer, metrics); resumes from the newest complete
+    #      checkpoint; on any failure or Ctrl-C, a resumable interrupted-<step>-<time>/ before re-raising ----
+    run_training(trainer, training_args, script_args)
 
 
 if __name__ == "__main__":
