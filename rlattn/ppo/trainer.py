@@ -73,6 +73,13 @@ class AttnCreditPPOTrainer(AttnCreditGRPOTrainer):
             peft_config = copy.deepcopy(policy.peft_config["default"])
         self.critic = Critic(policy, peft_config, critic_model)
         self._rewards_per_func = None
+        # The critic's forward runs outside DDP's forward (the wrapped forward is the policy's), which DDP's
+        # reducer cannot track ("marked ready twice"): DDP ignores the critic's parameters and
+        # training_step averages their gradients across processes itself.
+        policy._ddp_params_and_buffers_to_ignore = [name for name, _ in self.critic.named_parameters()]
+        if self.accelerator.num_processes > 1 and self.accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+            raise ValueError(f"PPO's critic runs outside the wrapped forward, which {self.accelerator.distributed_type.name} "
+                             "cannot shard; use DDP (multi-GPU or 2 CPU processes) for PPO")
 
     # ---------------------------------------------------------------- rollouts: rewards, values, GAE
 
@@ -136,6 +143,24 @@ class AttnCreditPPOTrainer(AttnCreditGRPOTrainer):
         output["ppo_returns"] = returns  # [B, T] the value targets
 
     # ---------------------------------------------------------------- loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.accelerator.num_processes > 1 and not getattr(self, "_critic_broadcast", False):
+            import torch.distributed as dist
+
+            for _, p in self.critic.named_parameters():  # DDP broadcasts rank 0's weights, but not ignored ones
+                dist.broadcast(p.data, src=0)
+            self._critic_broadcast = True
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
+            import torch.distributed as dist
+
+            for _, p in self.critic.named_parameters():  # DDP ignores these: average their gradients here
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(self.accelerator.num_processes)
+        return loss
 
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)  # TRL's clipped policy loss on γ·A (fused credit included)
