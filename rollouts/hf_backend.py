@@ -1,7 +1,10 @@
 """The ``transformers`` rollout backend: batched ``generate`` with the policy itself.
 
 Why: it is the default on CPU and the reference the vLLM backend is checked against. It needs no
-weight hand-over (the policy *is* the generator), so ``sync`` is a no-op. Per-token sampling
+weight hand-over (the policy *is* the generator), so ``sync`` is a no-op, except with
+``merge_lora=True``: a LoRA policy then generates with a plain copy of its base model whose weights
+``sync`` sets to W + ΔW (rollouts.merge) once per policy version, so the decode steps skip PEFT's
+extra matmuls (measured 26 % of generation time on the embedded model). Per-token sampling
 log-probs come from ``generate``'s processed ``scores`` (after repetition penalty, temperature,
 top-k/top-p/min-p: the distribution the token was actually drawn from), which is what vLLM's
 ``logprobs_mode="processed_logprobs"`` returns too. Memory: the scores of one micro-batch are held
@@ -29,7 +32,7 @@ class HFRolloutBackend:
     name = "transformers"
 
     def __init__(self, model, tokenizer, *, eos_token_ids=None, micro_batch_size: int | None = None,
-                 max_model_len: int | None = None, on_prompt_too_long: str = "error"):
+                 max_model_len: int | None = None, on_prompt_too_long: str = "error", merge_lora: bool = False):
         if on_prompt_too_long not in ("error", "skip"):
             raise ValueError(f"on_prompt_too_long={on_prompt_too_long!r} is not one of 'error', 'skip'")
         if micro_batch_size is not None and micro_batch_size < 1:
@@ -50,11 +53,37 @@ class HFRolloutBackend:
         self.max_model_len = max_model_len or getattr(model.config, "max_position_embeddings", None)
         self.on_prompt_too_long = on_prompt_too_long
         self.num_skipped_total = 0
+        self.merge_lora = merge_lora
+        self._merged = None  # the plain generator of merge_lora
+        self.last_sync_s = 0.0
 
     def sync(self, model=None, version: int = 0) -> None:
-        """No hand-over needed; optionally point at another model object."""
+        """Point at the current policy; with ``merge_lora``, refresh the merged copy's weights."""
         if model is not None:
             self.model = model
+        if not (self.merge_lora and hasattr(self.model, "peft_config")):
+            return
+        t0 = time.perf_counter()
+        from .merge import merged_state_dict
+
+        base = self.model.get_base_model()
+        if self._merged is None:
+            from transformers import AutoModelForCausalLM
+
+            self._merged = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype).to(base.device).eval()
+            self._merged.generation_config = base.generation_config
+        missing, unexpected = self._merged.load_state_dict(merged_state_dict(self.model), strict=False)
+        tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(base.config, "tie_word_embeddings", False)}
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"merge_lora: the merged weights do not fit the base model (missing {sorted(set(missing) - tied)[:3]}, "
+                               f"unexpected {sorted(unexpected)[:3]})")
+        if tied:
+            self._merged.tie_weights()
+        self.last_sync_s = time.perf_counter() - t0
+
+    @property
+    def generator(self):
+        return self._merged if self._merged is not None else self.model
 
     def close(self) -> None:
         pass
@@ -81,6 +110,8 @@ class HFRolloutBackend:
         mb = self.micro_batch_size or max(1, len(todo))
         was_training = self.model.training
         self.model.eval()
+        if self.merge_lora and self._merged is None:
+            self.sync()
         try:
             for s in range(0, len(todo), mb):
                 rows = todo[s: s + mb]
@@ -104,7 +135,8 @@ class HFRolloutBackend:
                             timings={"generate_s": time.perf_counter() - t0})
 
     def _generate_rows(self, prompts: list[list[int]], sampling: SamplingSpec):
-        device = next(self.model.parameters()).device
+        model = self.generator
+        device = next(model.parameters()).device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -128,10 +160,12 @@ class HFRolloutBackend:
                           min_p=sampling.min_p or None)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         gen = out.sequences[:, width:].cpu()  # [B, T]
-        logp = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1).cpu()  # [B, T, V]
-        tok_logp = logp.gather(-1, gen.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        # the sampled tokens' log-probs, step by step (never a [B, T, V] stack of the whole vocabulary)
+        logp = torch.stack([torch.log_softmax(s.float(), dim=-1).gather(-1, gen[:, t, None].to(s.device)).squeeze(-1)
+                            for t, s in enumerate(out.scores)], dim=1).cpu()  # [B, T]
+        tok_logp = logp  # [B, T]
         eos = torch.tensor(self.eos_token_ids)
         results = []
         for r in range(gen.shape[0]):

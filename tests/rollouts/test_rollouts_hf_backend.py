@@ -155,3 +155,27 @@ def test_top_k_off_is_passed_as_off(tiny, monkeypatch):
     assert seen["top_k"] == 0
     backend.generate(prompts(tok), SamplingSpec(max_tokens=2, temperature=0.7, top_k=5, seed=0))
     assert seen["top_k"] == 5
+
+
+def test_merge_lora_generates_what_the_peft_policy_generates(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    base, tok = tiny_model("llama", num_layers=2, seed=1)
+    policy = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    plain = HFRolloutBackend(policy, tok, eos_token_ids=[10_000])
+    merged = HFRolloutBackend(policy, tok, eos_token_ids=[10_000], merge_lora=True)
+    spec = SamplingSpec(max_tokens=6, temperature=0)
+    a, b = plain.generate(prompts(tok), spec), merged.generate(prompts(tok), spec)
+    assert merged.generator is not policy and not hasattr(merged.generator, "peft_config")
+    assert a.completion_ids == b.completion_ids
+    for x, y in zip(a.logprobs, b.logprobs):
+        assert torch.allclose(torch.tensor(x), torch.tensor(y), atol=1e-4)
+    # a new policy version: sync refreshes the copy (and the policy itself was never merged in place)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    merged.sync(policy, version=1)
+    a, b = plain.generate(prompts(tok), spec), merged.generate(prompts(tok), spec)
+    assert a.completion_ids == b.completion_ids
+    assert any("lora_A" in n for n, _ in policy.named_parameters())
