@@ -14,6 +14,8 @@ checkpoints, saves after an interrupt or a failure, and the train/save sequence 
   save cut short (``kill -9``, a crash, a full disk) has no marker, or files that differ from it, and
   :func:`checkpoint_status` says so. ``rlattn.cli.resolve_checkpoint`` resumes from the newest
   complete checkpoint.
+- :func:`set_torch_threads` (right after parsing): on CPU, torch gets the cores of this process's
+  share of the machine, whatever OMP_NUM_THREADS `accelerate launch` exported.
 - :func:`run_training`: resolve the checkpoint, bound the rewards (``reward_call_timeout_s``,
   ``reward_max_failed_steps``), cut the append-only logs back to the resumed step, train; on any
   exception (Ctrl-C included) :func:`save_after_fault` writes a resumable
@@ -367,6 +369,36 @@ def _read_holder(path: Path, wait_s: float = 1.0) -> dict:
         if time.monotonic() >= deadline:
             return {}
         time.sleep(0.05)
+
+
+def set_torch_threads(training_args) -> int | None:
+    """On CPU, set torch's intra-op threads to ``training_args.torch_threads`` or, when 0, to the cores
+    this process may use divided by the processes on this machine (``LOCAL_WORLD_SIZE``).
+
+    Why: ``accelerate launch`` without ``--cpu`` exports ``OMP_NUM_THREADS=1`` for every script it
+    starts, so a single-process CPU run used one of the machine's cores. Returns the number set, or
+    None on an accelerator (the setting only matters for CPU kernels there).
+    """
+    import torch
+
+    on_cpu = getattr(training_args, "use_cpu", False) or not (torch.cuda.is_available() or _has_xpu_or_mps(torch))
+    if not on_cpu:
+        return None
+    n = int(getattr(training_args, "torch_threads", 0) or 0)
+    if n == 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if torch.get_num_threads() != n:
+        logger.info("torch threads: %d -> %d (torch_threads=%s, OMP_NUM_THREADS=%s)", torch.get_num_threads(), n,
+                    getattr(training_args, "torch_threads", 0), os.environ.get("OMP_NUM_THREADS"))
+        torch.set_num_threads(n)
+    return n
+
+
+def _has_xpu_or_mps(torch) -> bool:
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(getattr(torch, "backends", None), "mps", None)
+    return bool((xpu is not None and xpu.is_available()) or (mps is not None and mps.is_available()))
 
 
 def lock_output_dir(training_args, overwrite: bool = False) -> OutputDirLock | None:

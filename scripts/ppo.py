@@ -13,7 +13,7 @@ from rlattn.cli import build_policy, build_rewards, load_train_dataset, parse_gr
 from rlattn.models import resolve_model
 from rlattn.ppo import AttnCreditPPOConfig, AttnCreditPPOTrainer
 from rlattn.rollouts import resolve_rollout
-from rlattn.runs import CheckpointMarker, check_model, lock_output_dir, run_training
+from rlattn.runs import CheckpointMarker, check_model, lock_output_dir, run_training, set_torch_threads
 
 
 def main():
@@ -21,6 +21,7 @@ def main():
     script_args, training_args, model_args = parse_grpo_args(config_class=AttnCreditPPOConfig)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     lock_output_dir(training_args, overwrite=script_args.overwrite_output_dir)  # one run per output_dir
+    set_torch_threads(training_args)  # CPU: the cores of this process, not accelerate's OMP_NUM_THREADS=1
     check_model(model_args, training_args)  # a missing path, attn_layers out of range: before any weight loads
     set_seed(training_args.seed)
 

@@ -357,3 +357,33 @@ def test_a_hub_looking_name_that_is_no_local_dir_says_so(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match=f"as a local path: no such directory {tmp_path}/nosuch/model"):
         load_model_and_tokenizer("nosuch/model")
     check_model(SimpleNamespace(model_name_or_path="nosuch/model", model_revision=None), _config())  # left to the loader
+
+
+# ---- set_torch_threads: accelerate launch exports OMP_NUM_THREADS=1; a CPU run gets its cores ----
+
+def test_cpu_threads_are_the_cores_per_local_process(monkeypatch):
+    import torch
+
+    from rlattn.runs import set_torch_threads
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what accelerate launch exports
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        torch.set_num_threads(1)
+        assert set_torch_threads(SimpleNamespace(use_cpu=True, torch_threads=0)) == cores
+        assert torch.get_num_threads() == cores
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more processes than cores: one each
+        assert set_torch_threads(SimpleNamespace(use_cpu=True, torch_threads=0)) == 1
+        assert set_torch_threads(SimpleNamespace(use_cpu=True, torch_threads=3)) == 3  # explicit wins
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_torch_threads_must_be_a_non_negative_int():
+    from rlattn.cli import parse_grpo_args
+
+    with pytest.raises(ValueError, match=r"torch_threads=-1 must be an int >= 0"):
+        parse_grpo_args([str(ROOT / "recipes/anchor_credit.yaml"), "--torch_threads", "-1"])
