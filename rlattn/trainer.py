@@ -51,6 +51,7 @@ from rlattn.credit.attention_stats import StatsAccumulator, check_attention_feat
 from rlattn.credit.capture import StopForward, capture_qk, num_hidden_layers
 from rlattn.credit.config import CreditConfig
 from rlattn.credit.registry import get_credit_fn, strategy_needs
+from rlattn.dynamic_sampling import PromptStream, merge_rows, zero_variance_groups
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,12 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         self._last_cycle_start: float | None = None
         self._fused_batch: dict | None = None
         self._warned: set[str] = set()
+        self._prompt_stream = None
+        if targs is not None and getattr(targs, "dynamic_sampling", False):
+            if self.accelerator.num_processes > 1:
+                raise ValueError(f"dynamic_sampling=True runs on one process (this run has {self.accelerator.num_processes}): "
+                                 "the extra generation rounds would have to be agreed across ranks. Set dynamic_sampling: false.")
+            self._prompt_stream = PromptStream(self.train_dataset, seed=targs.seed + 1)
         self._credit_layers = None
         if self.stats_config is not None and "attention" in self.credit_needs:
             try:
@@ -294,6 +301,11 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             piggy.skip_if_inert = True
         try:
             output = super()._generate_and_score_completions(inputs)
+            if self._prompt_stream is not None and self.model.training:
+                self._pass_capture = None  # the replacement batches' passes are not the batch's
+                output, inputs, replaced = self._resample_zero_variance(output, inputs)
+                if replaced and piggy is not None:  # captured rows were swapped: one extra pass instead
+                    piggy.ran, piggy.stats, piggy.entropies = False, None, None
         finally:
             self._pass_capture = None
         self.extend_rollout_batch(output)
@@ -329,6 +341,42 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                                 piggybacked=path == "piggyback" and piggy.ran, t0=t0, cycle_start=cycle_start,
                                 observer=observer)
         return output
+
+    def _resample_zero_variance(self, output: dict, inputs: list):
+        """Dynamic sampling (rlattn/dynamic_sampling.py): swap groups without reward variance for
+        groups of fresh prompts. Returns (output, inputs, groups replaced)."""
+        G, metrics = self.num_generations, self._metrics["train"]
+        zero = zero_variance_groups(output["advantages"], G)  # [B / G]
+        before = zero.float().mean().item()
+        inputs, dropped, extra_groups, rounds = list(inputs), 0, 0, 0
+        for round_ in range(self.args.dynamic_sampling_max_rounds):
+            todo = zero.nonzero().flatten()  # [Z] group indices still without variance
+            if todo.numel() == 0:
+                break
+            rows = self._prompt_stream.take(todo.numel(), self.state.global_step, round_)
+            kept = {k: len(v) for k, v in metrics.items()}
+            extra = super()._generate_and_score_completions([row for row in rows for _ in range(G)])
+            for k in list(metrics):  # TRL's reward metrics keep describing the original draw
+                if k in kept:
+                    del metrics[k][kept[k]:]
+                else:
+                    del metrics[k]
+            rounds, extra_groups = rounds + 1, extra_groups + len(rows)
+            src = (~zero_variance_groups(extra["advantages"], G)).nonzero().flatten()  # [S] usable groups
+            fill = todo[: src.numel()]
+            src = src[: fill.numel()]
+            if fill.numel():
+                offs = torch.arange(G, device=fill.device)
+                base_rows, extra_rows = (fill[:, None] * G + offs).flatten(), (src.to(fill.device)[:, None] * G + offs).flatten()
+                output = merge_rows(output, extra, base_rows, extra_rows, self._tokenizer.pad_token_id)
+                for g, e in zip(fill.tolist(), src.tolist()):
+                    inputs[g * G:(g + 1) * G] = [rows[e]] * G
+                zero[fill] = False
+                dropped += fill.numel()
+        for key, value in (("zero_std_before", before), ("zero_std_after", zero.float().mean().item()),
+                           ("dropped_groups", float(dropped)), ("extra_groups", float(extra_groups)), ("rounds", float(rounds))):
+            metrics[f"dynamic_sampling/{key}"].append(value)
+        return output, inputs, dropped
 
     # ---------------------------------------------------------------- passes
 
