@@ -211,7 +211,7 @@ def test_shipped_eval_recipes_parse():
     assert paper.n_per_dataset() == {"aime24": 16, "aime25": 16, "amc23": 1, "math500": 1, "olympiadbench": 1}
     held_out = parse_eval_args([str(root / "arith_heldout.yaml")])
     assert held_out.datasets == ["arith_test"] and held_out.limit is None  # all 600 problems
-    assert (held_out.temperature, held_out.n, held_out.max_new_tokens) == (0.0, 1, 128)
+    assert (held_out.temperature, held_out.n, held_out.max_new_tokens) == (0.0, 1, 96)  # the training budget
     assert held_out.gradings() == ["lenient", "strict"]
     gsm8k = parse_eval_args([str(root / "gsm8k_quick.yaml"), "--grading", "strict"])
     assert (gsm8k.datasets, gsm8k.limit, gsm8k.temperature, gsm8k.max_new_tokens) == (["gsm8k_test"], 200, 0.0, 256)
