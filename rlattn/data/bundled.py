@@ -62,6 +62,10 @@ BUNDLED_DATASETS: dict[str, BundledDataset] = {
         _math("olympiadbench", "olympiadbench", "test", 675,
               "OlympiadBench OE_TO_maths_en_COMP",
               "db2ec84705db43eb32a082db60780301723e0b502f73770c927ffc6f39d5b0b6"),
+        _math("arith_smollm2_train", "arith_smollm2", "train", 69,
+              "arith_train problems the embedded SmolLM2-135M-Instruct solves sometimes: pass rate 1/8-5/8 of 8 "
+              "samples (scripts/filter_difficulty.py); fields steps, ops, pass_rate",
+              "bf5c76ced8f5e77eb0266a0509b83a40b5d4aea916f296596d18cac75afc183f"),
         BundledDataset("countdown_train", "countdown", "train", 20_000,
                        "Countdown, generated (seed 0, 3-4 numbers; rlattn.data.countdown)"),
         BundledDataset("countdown_test", "countdown", "test", 512,

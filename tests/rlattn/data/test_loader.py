@@ -35,6 +35,7 @@ EXPECTED_ROWS = {
     "amc23": 40,
     "minerva_math": 272,
     "olympiadbench": 675,
+    "arith_smollm2_train": 69,
 }
 
 
@@ -359,3 +360,12 @@ def test_mixed_value_types_name_the_field(tmp_path):
     ])
     with pytest.raises(ValueError, match="field 'meta' mixes value types"):
         load_dataset(path)
+
+
+def test_filtered_arith_set_is_arith_train_with_the_generators_answers():
+    filtered = load_dataset("arith_smollm2_train")
+    train = {r["problem"]: r["solution"] for r in load_dataset("arith_train")}
+    held_out = set(load_dataset("arith_test")["problem"])
+    assert all(train.get(r["problem"]) == r["solution"] for r in filtered)  # a train problem, its own answer
+    assert not held_out & set(filtered["problem"])
+    assert all(0 < r["pass_rate"] < 1 and r["num_samples"] == 8 for r in filtered)
