@@ -40,6 +40,9 @@ class AttnCreditPPOConfig(AttnCreditConfig):
             super().__post_init__()
         finally:
             self.num_generations = wanted
+        if self.dynamic_sampling:
+            raise ValueError("dynamic_sampling=True is GRPO's (it drops groups whose rewards are all equal); PPO's "
+                             "advantages come from the critic, so every completion carries a signal. Set dynamic_sampling: false.")
         for key in ("ppo_gamma", "ppo_lambda"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:

@@ -53,6 +53,7 @@ def grpo_args(model_dir: Path, out: Path, peft: bool, *extra) -> list[str]:
         "--attn_fai_horizon", "2", "8", "--learning_rate", "1e-3", "--logging_steps", "1",
         "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "10",
         "--output_dir", str(out),
+        "--dynamic_sampling", "false",  # one process only (the recipe's default is on)
     ] + list(extra)
 
 

@@ -165,7 +165,7 @@ def test_separate_critic_for_full_fine_tuning(tmp_path):
 
 
 @pytest.mark.parametrize("kw, key", [(dict(ppo_lambda=1.5), "ppo_lambda=1.5"), (dict(ppo_gamma=-0.1), "ppo_gamma=-0.1"),
-                                     (dict(vf_coef=-1.0), "vf_coef=-1.0"),
+                                     (dict(vf_coef=-1.0), "vf_coef=-1.0"), (dict(dynamic_sampling=True), "dynamic_sampling=True"),
                                      (dict(critic_model_name_or_path="/no/such/critic"), "critic_model_name_or_path='/no/such/critic'")])
 def test_bad_config_fails_naming_the_key(tmp_path, kw, key):
     with pytest.raises(ValueError, match=key.replace("(", r"\(")):
