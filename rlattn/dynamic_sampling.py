@@ -9,7 +9,8 @@ generated and scored a batch, the zero-variance groups are swapped for groups of
 a separate seeded stream of the training set, for at most ``dynamic_sampling_max_rounds`` extra
 generation rounds; groups still without variance after the last round stay in the batch.
 
-What is logged (per generation batch): ``dynamic_sampling/zero_std_before`` (share of groups of the
+Which groups have no variance is TRL's own test on the summed rewards of each group (the trainer
+keeps the rewards of the batch it just scored). What is logged (per generation batch): ``dynamic_sampling/zero_std_before`` (share of groups of the
 original draw without variance, the same quantity as TRL's ``frac_reward_zero_std``),
 ``.../zero_std_after``, ``.../dropped_groups`` (groups replaced), ``.../extra_groups`` (groups
 generated to replace them: the extra generation cost) and ``.../rounds``. TRL's reward metrics
@@ -35,19 +36,22 @@ MERGEABLE = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "
              "old_per_token_logps", "sampling_per_token_logps", "ref_per_token_logps", "importance_sampling_ratio"}
 
 
-def zero_variance_groups(advantages: torch.Tensor, num_generations: int) -> torch.Tensor:
-    """[B] (TRL's) or [B, T] (after credit) advantages -> [B / G] bool: the groups whose advantages
-    are all exactly zero.
+def zero_variance_groups(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """[B] summed rewards (groups of ``num_generations`` consecutive rows) -> [B / G] bool: the
+    groups whose rewards all agree, by TRL's own test (``isclose(std, 0)``, NaN rewards ignored).
 
-    TRL's advantage is ``reward - group mean`` (optionally divided by the group std + eps), so it is
-    zero on every member exactly when all rewards of the group are equal; credit only scales it.
+    Rewards, not advantages: TRL's advantage of such a group is ``(r - mean) / (std + 1e-4)``, which
+    float rounding of the mean leaves at ~1e-3 instead of 0 (e.g. eight rewards of 1.1).
     """
-    if advantages.dim() not in (1, 2) or advantages.size(0) % num_generations:
-        raise ValueError(f"advantages of shape {tuple(advantages.shape)} do not split into groups of {num_generations}")
-    zero = advantages == 0
-    if zero.dim() == 2:
-        zero = zero.all(dim=1)  # [B]
-    return zero.view(-1, num_generations).all(dim=1)  # [B / G]
+    if rewards.dim() != 1 or rewards.numel() % num_generations:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {num_generations}")
+    grouped = rewards.view(-1, num_generations)  # [B / G, G]
+    valid = ~torch.isnan(grouped)
+    count = valid.sum(dim=1).clamp(min=1)
+    mean = torch.where(valid, grouped, 0).sum(dim=1, keepdim=True) / count[:, None]
+    var = torch.where(valid, (grouped - mean) ** 2, 0).sum(dim=1) / (count - 1).clamp(min=1)
+    std = var.sqrt()
+    return torch.isclose(std, torch.zeros_like(std))  # [B / G]
 
 
 def _pad_to(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:

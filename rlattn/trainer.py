@@ -342,11 +342,23 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                                 observer=observer)
         return output
 
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards_per_func  # [B, F]: dynamic sampling's zero-variance test
+        return rewards_per_func
+
+    def _summed_rewards(self) -> torch.Tensor:
+        """[B]: the last scored batch's rewards, weighted and summed as TRL does (NaN: unscorable)."""
+        per_func = self._last_rewards_per_func  # [B, F]
+        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
+        return rewards
+
     def _resample_zero_variance(self, output: dict, inputs: list):
         """Dynamic sampling (rlattn/dynamic_sampling.py): swap groups without reward variance for
         groups of fresh prompts. Returns (output, inputs, groups replaced)."""
         G, metrics = self.num_generations, self._metrics["train"]
-        zero = zero_variance_groups(output["advantages"], G)  # [B / G]
+        zero = zero_variance_groups(self._summed_rewards(), G)  # [B / G]
         before = zero.float().mean().item()
         inputs, dropped, extra_groups, rounds = list(inputs), 0, 0, 0
         for round_ in range(self.args.dynamic_sampling_max_rounds):
@@ -362,7 +374,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 else:
                     del metrics[k]
             rounds, extra_groups = rounds + 1, extra_groups + len(rows)
-            src = (~zero_variance_groups(extra["advantages"], G)).nonzero().flatten()  # [S] usable groups
+            src = (~zero_variance_groups(self._summed_rewards(), G)).nonzero().flatten()  # [S] usable groups
             fill = todo[: src.numel()]
             src = src[: fill.numel()]
             if fill.numel():

@@ -14,13 +14,14 @@ from .test_trainer import base_kwargs
 
 
 def test_zero_variance_groups_by_hand():
-    adv = torch.tensor([0.0, 0.0, 0.5, -0.5, 0.0, 0.0, 0.0, 1e-9])  # groups of 2
-    assert zero_variance_groups(adv, 2).tolist() == [True, False, True, False]
-    per_token = torch.tensor([[0.0, 0.0], [0.0, 1.5], [0.0, 0.0], [0.0, 0.0]])  # [B=4, T=2] after credit
-    assert zero_variance_groups(per_token, 2).tolist() == [False, True]
-    assert zero_variance_groups(torch.zeros(4, 3), 2).tolist() == [True, True]  # [B, T] after credit
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.1, 0.1 + 1e-3])  # groups of 2
+    assert zero_variance_groups(rewards, 2).tolist() == [True, False, True, False]
+    # eight rewards of 1.1 (accuracy + 0.1 format): no variance, though TRL's advantages are not exactly 0
+    assert zero_variance_groups(torch.full((8,), 1.1), 8).tolist() == [True]
+    assert zero_variance_groups(torch.tensor([1.0, float("nan"), 1.0, 0.0]), 4).tolist() == [False]
+    assert zero_variance_groups(torch.tensor([1.0, float("nan"), 1.0, 1.0]), 4).tolist() == [True]  # NaN ignored
     with pytest.raises(ValueError, match="do not split into groups of 3"):
-        zero_variance_groups(adv, 3)
+        zero_variance_groups(rewards, 3)
 
 
 def test_merge_rows_pads_each_side_and_recounts_items():
@@ -65,8 +66,10 @@ def _constant_for_low_prompts(completions, solution, **kwargs):
 
 class _Recording(AttnCreditGRPOTrainer):
     def _resample_zero_variance(self, output, inputs):
+        drawn = [row["solution"] for row in inputs]
+        before = zero_variance_groups(self._summed_rewards(), self.num_generations)
         output, inputs, replaced = super()._resample_zero_variance(output, inputs)
-        self.batches = getattr(self, "batches", []) + [(output, [row["solution"] for row in inputs])]
+        self.batches = getattr(self, "batches", []) + [(output, drawn, before, [row["solution"] for row in inputs])]
         return output, inputs, replaced
 
 
@@ -93,22 +96,24 @@ def test_trainer_replaces_zero_variance_groups_with_fresh_prompts(tmp_path, path
     assert sum(h["dynamic_sampling/dropped_groups"] for h in logs) > 0
     # TRL's own metric still describes the original draw
     assert [h["frac_reward_zero_std"] for h in logs] == pytest.approx(before)
-    for out, solutions in trainer.batches:
-        zero = zero_variance_groups(out["advantages"], 4)
+    replaced = 0
+    for out, drawn, before_zero, solutions in trainer.batches:
         B = out["advantages"].size(0)
-        assert len(solutions) == B
+        assert len(solutions) == len(drawn) == B
         for g in range(B // 4):
             group = solutions[4 * g:4 * g + 4]
             assert len(set(group)) == 1  # a group is one prompt, replaced whole
-            if not zero[g]:
-                assert int(group[0]) >= 24  # only the prompts with a completion-dependent reward have variance
+            if group != drawn[4 * g:4 * g + 4]:  # swapped: only a group without variance goes ...
+                replaced += 1
+                assert before_zero[g]
+                assert int(group[0]) >= 24  # ... and only a group with variance comes in
         # every row's prompt tokens decode to the prompt of the solution it is graded against
         for row in range(B):
             ids = out["prompt_ids"][row][out["prompt_mask"][row].bool()]
-            text = tok.decode(ids)
             i = int(solutions[row]) // 2
-            assert f"{i} + {i}" in text
+            assert f"{i} + {i}" in tok.decode(ids)
         assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
+    assert replaced == sum(h["dynamic_sampling/dropped_groups"] for h in logs) > 0
 
 
 def test_dynamic_sampling_config_errors(tmp_path):
