@@ -33,7 +33,8 @@ LEFT_PADDED = ("prompt_ids", "prompt_mask")
 ROW_SCALARS = ("num_items_in_batch",)
 #: batch keys dynamic sampling can merge; anything else in a batch (images, tool calls) refuses
 MERGEABLE = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch",
-             "old_per_token_logps", "sampling_per_token_logps", "ref_per_token_logps", "importance_sampling_ratio"}
+             "old_per_token_logps", "sampling_per_token_logps", "ref_per_token_logps", "importance_sampling_ratio",
+             "_piggy_waad", "_piggy_fai", "_piggy_entropies"}  # the trainer's captured statistics, completion-aligned
 
 
 def zero_variance_groups(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:

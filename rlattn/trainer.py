@@ -302,10 +302,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         try:
             output = super()._generate_and_score_completions(inputs)
             if self._prompt_stream is not None and self.model.training:
-                self._pass_capture = None  # the replacement batches' passes are not the batch's
-                output, inputs, replaced = self._resample_zero_variance(output, inputs)
-                if replaced and piggy is not None:  # captured rows were swapped: one extra pass instead
-                    piggy.ran, piggy.stats, piggy.entropies = False, None, None
+                self._pass_capture = None  # each replacement batch gets a capture of its own
+                output, inputs, _ = self._resample_zero_variance(output, inputs, piggy)
         finally:
             self._pass_capture = None
         self.extend_rollout_batch(output)
@@ -331,9 +329,13 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         observer = self.credit_observer(output)
         extra = 0.0
         if path == "piggyback" and piggy.ran:  # TRL's old-log-prob pass was captured
-            if piggy.stats is not None:  # None: the batch was inert, nothing was captured
-                waad, fai = self._piggyback_stats(output, piggy)
-            entropies = piggy.entropies
+            if "_piggy_waad" in output or "_piggy_entropies" in output:  # rows merged by dynamic sampling
+                waad, fai = output.pop("_piggy_waad", None), output.pop("_piggy_fai", None)
+                entropies = output.pop("_piggy_entropies", None)
+            else:
+                if piggy.stats is not None:  # None: the batch was inert, nothing was captured
+                    waad, fai = self._piggyback_stats(output, piggy)
+                entropies = piggy.entropies
         elif path in ("piggyback", "fused", "extra") and not inert:
             extra = 1.0
             waad, fai, entropies = self._credit_forward(output, observer)
@@ -354,20 +356,46 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
         return rewards
 
-    def _resample_zero_variance(self, output: dict, inputs: list):
+    def _stash_piggy(self, batch: dict, cap: _PassCapture) -> bool:
+        """Put a captured old-log-prob pass's statistics into ``batch`` as completion-aligned rows
+        (``_piggy_waad`` / ``_piggy_fai`` / ``_piggy_entropies`` [B, T]) so dynamic sampling can
+        merge them with the batch; False when the capture holds no statistics it was asked for."""
+        if not cap.ran or (("attention" in self.credit_needs) and cap.stats is None):
+            return False
+        if cap.stats is not None:
+            batch["_piggy_waad"], batch["_piggy_fai"] = self._piggyback_stats(batch, cap)
+        if cap.entropies is not None:
+            batch["_piggy_entropies"] = cap.entropies
+        return True
+
+    def _resample_zero_variance(self, output: dict, inputs: list, piggy: _PassCapture | None = None):
         """Dynamic sampling (rlattn/dynamic_sampling.py): swap groups without reward variance for
-        groups of fresh prompts. Returns (output, inputs, groups replaced)."""
+        groups of fresh prompts. With ``piggy`` (TRL's old-log-prob pass carries the statistics),
+        each replacement batch's pass is captured too and its rows merged, so no extra pass runs.
+        Returns (output, inputs, groups replaced)."""
         G, metrics = self.num_generations, self._metrics["train"]
         zero = zero_variance_groups(self._summed_rewards(), G)  # [B / G]
         before = zero.float().mean().item()
         inputs, dropped, extra_groups, rounds = list(inputs), 0, 0, 0
+        stashed = piggy is not None and bool(zero.any()) and self._stash_piggy(output, piggy)
         for round_ in range(self.args.dynamic_sampling_max_rounds):
             todo = zero.nonzero().flatten()  # [Z] group indices still without variance
             if todo.numel() == 0:
                 break
             rows = self._prompt_stream.take(todo.numel(), self.state.global_step, round_)
             kept = {k: len(v) for k, v in metrics.items()}
-            extra = super()._generate_and_score_completions([row for row in rows for _ in range(G)])
+            cap = None
+            if piggy is not None:
+                cap = self._pass_capture = _PassCapture("attention" in self.credit_needs, piggy.want_entropy, stop_early=False)
+                cap.skip_if_inert = True
+            try:
+                extra = super()._generate_and_score_completions([row for row in rows for _ in range(G)])
+            finally:
+                self._pass_capture = None
+            if stashed and not self._stash_piggy(extra, cap):  # an inert replacement batch: no rows to merge
+                for key in [k for k in output if k.startswith("_piggy_")]:
+                    del output[key]
+                stashed = False
             for k in list(metrics):  # TRL's reward metrics keep describing the original draw
                 if k in kept:
                     del metrics[k][kept[k]:]
@@ -377,6 +405,9 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             src = (~zero_variance_groups(self._summed_rewards(), G)).nonzero().flatten()  # [S] usable groups
             fill = todo[: src.numel()]
             src = src[: fill.numel()]
+            if piggy is not None and not stashed:
+                for key in [k for k in extra if k.startswith("_piggy_")]:
+                    del extra[key]
             if fill.numel():
                 offs = torch.arange(G, device=fill.device)
                 base_rows, extra_rows = (fill[:, None] * G + offs).flatten(), (src.to(fill.device)[:, None] * G + offs).flatten()
@@ -385,6 +416,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                     inputs[g * G:(g + 1) * G] = [rows[e]] * G
                 zero[fill] = False
                 dropped += fill.numel()
+        if piggy is not None and dropped and not stashed:  # no captured rows to merge: one extra pass instead
+            piggy.ran, piggy.stats, piggy.entropies = False, None, None
         for key, value in (("zero_std_before", before), ("zero_std_after", zero.float().mean().item()),
                            ("dropped_groups", float(dropped)), ("extra_groups", float(extra_groups)), ("rounds", float(rounds))):
             metrics[f"dynamic_sampling/{key}"].append(value)

@@ -65,10 +65,16 @@ def _constant_for_low_prompts(completions, solution, **kwargs):
 
 
 class _Recording(AttnCreditGRPOTrainer):
-    def _resample_zero_variance(self, output, inputs):
+    def _resample_zero_variance(self, output, inputs, piggy=None):
         drawn = [row["solution"] for row in inputs]
         before = zero_variance_groups(self._summed_rewards(), self.num_generations)
-        output, inputs, replaced = super()._resample_zero_variance(output, inputs)
+        output, inputs, replaced = super()._resample_zero_variance(output, inputs, piggy)
+        if "_piggy_waad" in output:  # merged captured statistics equal a fresh pass over the merged batch
+            waad, fai, _ = self._credit_forward(output)
+            mask = self._credit_mask(output)
+            assert torch.allclose(output["_piggy_waad"][mask], waad[mask], atol=1e-5, equal_nan=True)
+            assert torch.allclose(output["_piggy_fai"][mask], fai[mask], atol=1e-5, equal_nan=True)  # NaN: FAI undefined
+            self.checked_merged = getattr(self, "checked_merged", 0) + int(replaced > 0)
         self.batches = getattr(self, "batches", []) + [(output, drawn, before, [row["solution"] for row in inputs])]
         return output, inputs, replaced
 
@@ -114,6 +120,10 @@ def test_trainer_replaces_zero_variance_groups_with_fresh_prompts(tmp_path, path
             assert f"{i} + {i}" in tok.decode(ids)
         assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
     assert replaced == sum(h["dynamic_sampling/dropped_groups"] for h in logs) > 0
+    if path != "extra":  # the statistics ride on a pass TRL runs anyway, replacement batches included
+        assert all(h["credit/extra_forward"] == 0 for h in logs)
+    if path == "piggyback":
+        assert getattr(trainer, "checked_merged", 0) > 0
 
 
 def test_dynamic_sampling_config_errors(tmp_path):
