@@ -30,6 +30,7 @@ instead of an HF model, stopped once the model's samples are done (or the run fa
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -98,14 +99,34 @@ class EvalReport:
         }
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def weights_id(spec: str) -> str | None:
+    """For a model given as a local directory: a digest of its weight files' names, sizes and mtimes
+    (None otherwise). A run trained again into the same output dir gets another id, so its old
+    samples are never reused for the new weights."""
+    path = Path(spec)
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    digest = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return digest.hexdigest()[:12]
+
+
 class SampleStore:
-    """The per-sample JSONL: load what a previous run graded, append new records as they come."""
+    """The per-sample JSONL: load what a previous run graded, append new records as they come.
+    A sample belongs to a model spec and, for a local directory, to its weight files (``weights``)."""
 
     def __init__(self, path: Path, fingerprint: str, resume: bool = True):
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.records: dict[tuple, dict] = {}
         self.skipped_lines = 0
+        self._weights: dict[str, str | None] = {}
         if not resume or not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text("")
@@ -116,7 +137,7 @@ class SampleStore:
                     continue
                 try:
                     rec = json.loads(line)
-                    key = self.key(rec["model"], rec["dataset"], rec["problem_id"], rec["sample_index"])
+                    key = self.key(rec["model"], rec["dataset"], rec["problem_id"], rec["sample_index"], rec.get("weights"))
                 except (ValueError, KeyError, TypeError):
                     self.skipped_lines += 1  # a line cut short by a kill: regenerate that sample
                     continue
@@ -133,20 +154,27 @@ class SampleStore:
         self._rewrite()  # drop partial lines so appends start on a clean line
 
     @staticmethod
-    def key(model: str, dataset: str, problem_id, sample_index) -> tuple:
-        return (str(model), str(dataset), str(problem_id), int(sample_index))
+    def key(model: str, dataset: str, problem_id, sample_index, weights: str | None = None) -> tuple:
+        return (str(model), weights, str(dataset), str(problem_id), int(sample_index))
+
+    def weights_of(self, model: str) -> str | None:
+        if model not in self._weights:
+            self._weights[model] = weights_id(model)
+        return self._weights[model]
 
     def get(self, model: str, dataset: str, problem_id, sample_index) -> dict | None:
-        return self.records.get(self.key(model, dataset, problem_id, sample_index))
+        return self.records.get(self.key(model, dataset, problem_id, sample_index, self.weights_of(model)))
 
     def append(self, records: list[dict]) -> None:
+        for rec in records:
+            rec["weights"] = self.weights_of(rec["model"])
         with self.path.open("a", encoding="utf-8") as fh:
             for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         for rec in records:
-            self.records[self.key(rec["model"], rec["dataset"], rec["problem_id"], rec["sample_index"])] = rec
+            self.records[self.key(rec["model"], rec["dataset"], rec["problem_id"], rec["sample_index"], rec["weights"])] = rec
 
     def rewrite(self) -> None:
         """Write the file again from the records held (after an upgrade of old records)."""
