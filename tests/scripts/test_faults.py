@@ -59,6 +59,9 @@ def _cmd(out, extra):
         "--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8",
         "--logging_steps", "1", "--attn_fai_horizon", "2", "8", "--learning_rate", "1e-3",
         "--save_total_limit", "10", "--seed", "3",
+        # the layout these tests were written for: a generation every step, 4 records per step, TRL's generate
+        "--gradient_accumulation_steps", "1", "--steps_per_generation", "1", "--credit_log_samples", "4",
+        "--rollout_merge_lora", "false", "--dynamic_sampling", "false",
         "--output_dir", str(out),
     ] + list(extra)
     return [sys.executable, str(ROOT / "scripts/grpo.py")] + args

@@ -48,6 +48,9 @@ def run_grpo(tiny_dir, out_dir, *extra, launcher=None, timeout=900):
         "--logging_steps", "1",
         "--output_dir", str(out_dir),
         "--attn_fai_horizon", "2", "8",
+        # the layout these tests were written for: a generation every step, 4 records per step, TRL's generate
+        "--gradient_accumulation_steps", "1", "--steps_per_generation", "1", "--credit_log_samples", "4",
+        "--rollout_merge_lora", "false", "--dynamic_sampling", "false",
         "--learning_rate", "1e-3",
     ] + list(extra)
     cmd = (launcher or [sys.executable]) + [str(ROOT / "scripts/grpo.py")] + args
@@ -98,7 +101,7 @@ def test_two_cpu_processes_with_accelerate(tiny_dir, tmp_path):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "recipes/accelerate_configs/cpu_2proc.yaml")]
     run_grpo(tiny_dir, out, "--max_steps", "2", "--save_strategy", "no", "--per_device_train_batch_size", "2",
-             "--dynamic_sampling", "false", launcher=launcher)  # dynamic sampling runs on one process
+             launcher=launcher)
     ls = losses(out)
     assert len(ls) == 2 and all(math.isfinite(v) for v in ls.values())
     assert (out / "rollouts.jsonl").is_file() and (out / "rollouts-rank1.jsonl").is_file()

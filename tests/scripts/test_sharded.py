@@ -53,7 +53,9 @@ def grpo_args(model_dir: Path, out: Path, peft: bool, *extra) -> list[str]:
         "--attn_fai_horizon", "2", "8", "--learning_rate", "1e-3", "--logging_steps", "1",
         "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "10",
         "--output_dir", str(out),
-        "--dynamic_sampling", "false",  # one process only (the recipe's default is on)
+        # the layout these tests were written for: a generation every step, 4 records per step, TRL's generate
+        "--gradient_accumulation_steps", "1", "--steps_per_generation", "1", "--credit_log_samples", "4",
+        "--rollout_merge_lora", "false", "--dynamic_sampling", "false",
     ] + list(extra)
 
 
