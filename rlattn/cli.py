@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from rlattn.utils import normalise_argv
+from rlattn.utils import normalise_argv, write_atomic
 
 logger = logging.getLogger("rlattn")
 
@@ -168,15 +168,5 @@ def write_run_summary(trainer, output_dir: str) -> Path:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.jsonl"
-    tmp = out / f".metrics.jsonl.tmp-{os.getpid()}"
-    try:
-        with tmp.open("w") as f:
-            for entry in trainer.state.log_history:
-                f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, "".join(json.dumps(entry) + "\n" for entry in trainer.state.log_history))
     return path

@@ -36,6 +36,8 @@ import shutil
 import socket
 import sys
 import time
+
+from rlattn.utils import write_atomic
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,19 +73,7 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """``path`` gets ``text`` whole or not at all: a temporary sibling, fsynced, renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent, directory=True)
+_write_atomic = write_atomic  # rlattn.utils: the one atomic rewrite
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ and the recipe-path convention of every script's command line."""
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,3 +46,24 @@ def normalise_argv(argv: Sequence[str]) -> list[str]:
         if not Path(argv[i + 1]).is_file():
             raise FileNotFoundError(f"recipe not found: {argv[i + 1]}")
     return argv
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """``path`` gets ``text`` whole or not at all: a temporary sibling, fsynced, renamed over it, and
+    the directory fsynced (the one way rlattn rewrites a file a crash must not leave half-written)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

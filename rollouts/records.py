@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+
+from rlattn.utils import write_atomic
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -67,16 +69,7 @@ def truncate_records(path: str | os.PathLike, before_step: int) -> tuple[int, in
             kept.append(line if line.endswith("\n") else line + "\n")
     if not dropped:
         return len(kept), 0
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, "".join(kept))
     return len(kept), dropped
 
 
