@@ -12,6 +12,11 @@ the last-number fallback), then writes the problems whose pass rate is in ``[ban
 as JSONL (``problem``, ``answer``, ``id``, the source's other fields, ``pass_rate``,
 ``num_samples``), loadable by ``rlattn.data.load_dataset(path)``, and a summary with the pass-rate
 histogram of all problems.
+
+``backend: vllm`` samples on rlattn's vLLM engine (the evaluator's ``load_vllm_model``; ~3x the
+transformers backend's tokens/s on 2 CPU cores, docs/benchmarks.md) where vLLM is installed.
+``dataset_skip`` extends an earlier run: it filters the problems after the first N (in the same
+shuffled order), so two runs' outputs never overlap and can be concatenated.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class DifficultyConfig:
     dataset_split: str | None = field(default=None, metadata=_h("Split for families with several (e.g. 'train')."))
     dataset_limit: int | None = field(default=None, metadata=_h("Keep the first N problems (after shuffling with dataset_seed)."))
     dataset_seed: int | None = field(default=0, metadata=_h("Shuffle seed before the limit (None: file order)."))
+    dataset_skip: int = field(default=0, metadata=_h("Skip the first N problems (after shuffling): extends an earlier run that used dataset_limit N without overlapping it."))
     prompt_template: str = field(default="chat", metadata=_h("Prompt template (rlattn.data.PROMPT_TEMPLATES): chat, chat_example, plain, r1."))
     model: str = field(default="embedded:smollm2-135m-instruct", metadata=_h("Model spec: embedded:<name>, tiny:<arch>, a checkpoint or adapter dir, a hub id."))
     dtype: str = field(default="bfloat16", metadata=_h("Model dtype for sampling."))
@@ -48,6 +54,7 @@ class DifficultyConfig:
     temperature: float = field(default=0.7, metadata=_h("Sampling temperature (use your training temperature)."))
     top_p: float = field(default=1.0, metadata=_h("Nucleus sampling."))
     max_new_tokens: int = field(default=128, metadata=_h("Completion budget (use your max_completion_length)."))
+    backend: str = field(default="transformers", metadata=_h("Sampler: transformers (CPU or GPU) or vllm (rlattn's vLLM engine, where vLLM is installed)."))
     batch_size: int = field(default=64, metadata=_h("Completions generated per generate() call."))
     lenient: bool = field(default=False, metadata=_h("Grade with the last-number fallback when there is no boxed answer."))
     band: list[float] = field(default_factory=lambda: [0.1, 0.9], metadata=_h("[lo, hi]: keep problems with lo <= pass rate <= hi."))
@@ -59,6 +66,10 @@ class DifficultyConfig:
             raise ValueError(f"k={self.k!r} must be a positive integer")
         if len(self.band) != 2 or not 0.0 <= float(self.band[0]) <= float(self.band[1]) <= 1.0:
             raise ValueError(f"band={self.band!r} must be [lo, hi] with 0 <= lo <= hi <= 1")
+        if isinstance(self.dataset_skip, bool) or not isinstance(self.dataset_skip, int) or self.dataset_skip < 0:
+            raise ValueError(f"dataset_skip={self.dataset_skip!r} must be an integer >= 0")
+        if self.backend not in ("transformers", "vllm"):
+            raise ValueError(f"backend={self.backend!r} is not one of transformers, vllm")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(f"batch_size={self.batch_size!r} and max_new_tokens={self.max_new_tokens!r} must be >= 1")
 
@@ -84,32 +95,29 @@ def pass_rate_histogram(rates: Sequence[float], k: int) -> dict[str, int]:
 
 def filter_difficulty(config: DifficultyConfig) -> dict:
     """Sample, grade, filter and write; returns the summary (also written next to the output)."""
-    import torch
-
     from rlattn.data import load_dataset
-    from rlattn.eval.generate import generate_batch, seed_from
+    from rlattn.eval.generate import check_backend, load_vllm_model
     from rlattn.models import load_model_and_tokenizer
     from rlattn.rewards.accuracy import AccuracyReward
 
+    check_backend(config.backend)
+    limit = None if config.dataset_limit is None else config.dataset_skip + config.dataset_limit
     ds = load_dataset(config.dataset_name, split=config.dataset_split, template=config.prompt_template,
-                      limit=config.dataset_limit, seed=config.dataset_seed)
-    loaded = load_model_and_tokenizer(config.model, dtype=config.dtype)
-    grade = AccuracyReward(fallback_last_number=config.lenient)
-    rows = [ds[i] for i in range(len(ds))]
-    per_call = max(1, config.batch_size // config.k)  # problems per generate() call
-    rates: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(rows), per_call):
-            chunk = rows[start : start + per_call]
-            prompts = [r["prompt"] for r in chunk for _ in range(config.k)]
-            gens = generate_batch(loaded.model, loaded.tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                                  temperature=config.temperature, top_p=config.top_p,
-                                  seed=seed_from(config.seed, config.model, config.dataset_name, start))
-            scores = grade([g.text for g in gens], solution=[r["solution"] for r in chunk for _ in range(config.k)])
-            for j in range(len(chunk)):
-                got = [s for s in scores[j * config.k : (j + 1) * config.k] if s is not None]
-                rates.append(sum(got) / len(got) if got else math.nan)
-            logger.info("rlattn: graded %d/%d problems", min(start + per_call, len(rows)), len(rows))
+                      limit=limit, seed=config.dataset_seed)
+    rows = [ds[i] for i in range(config.dataset_skip, len(ds))]
+    if config.backend == "vllm":
+        engine = load_vllm_model(config.model, dtype=config.dtype, prompts=[r["prompt"] for r in rows],
+                                 max_new_tokens=config.max_new_tokens, seed=config.seed)
+        model, tokenizer = engine, engine.tokenizer
+    else:
+        engine = None
+        loaded = load_model_and_tokenizer(config.model, dtype=config.dtype)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    try:
+        rates = _sample_and_grade(config, rows, model, tokenizer, AccuracyReward(fallback_last_number=config.lenient))
+    finally:
+        if engine is not None:
+            engine.close()
     lo, hi = map(float, config.band)
     kept = [(r, p) for r, p in zip(rows, rates) if not math.isnan(p) and lo <= p <= hi]
     out = Path(config.output)
@@ -131,3 +139,30 @@ def filter_difficulty(config: DifficultyConfig) -> dict:
     }
     Path(str(out) + ".summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _sample_and_grade(config, rows, model, tokenizer, grade) -> list[float]:
+    """Pass rate of each row over ``config.k`` samples (NaN where no sample could be graded).
+
+    Batches are seeded by their absolute position (``dataset_skip`` + offset), so a run with
+    ``dataset_skip`` draws what the same rows would have drawn in a longer run (when the skip is a
+    multiple of the problems per call)."""
+    import torch
+
+    from rlattn.eval.generate import generate_batch, seed_from
+
+    per_call = max(1, config.batch_size // config.k)  # problems per generate() call
+    rates: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(rows), per_call):
+            chunk = rows[start : start + per_call]
+            prompts = [r["prompt"] for r in chunk for _ in range(config.k)]
+            gens = generate_batch(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
+                                  temperature=config.temperature, top_p=config.top_p,
+                                  seed=seed_from(config.seed, config.model, config.dataset_name, config.dataset_skip + start))
+            scores = grade([g.text for g in gens], solution=[r["solution"] for r in chunk for _ in range(config.k)])
+            for j in range(len(chunk)):
+                got = [s for s in scores[j * config.k : (j + 1) * config.k] if s is not None]
+                rates.append(sum(got) / len(got) if got else math.nan)
+            logger.info("rlattn: graded %d/%d problems", min(start + per_call, len(rows)), len(rows))
+    return rates

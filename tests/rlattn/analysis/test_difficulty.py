@@ -23,6 +23,29 @@ def test_bad_options_name_the_key():
         DifficultyConfig(band=[0.9, 0.1])
     with pytest.raises(ValueError, match="k=0"):
         DifficultyConfig(k=0)
+    with pytest.raises(ValueError, match="backend='sglang'"):
+        DifficultyConfig(backend="sglang")
+    with pytest.raises(ValueError, match="dataset_skip=-1"):
+        DifficultyConfig(dataset_skip=-1)
+
+
+def test_skip_extends_an_earlier_run_without_overlap(tmp_path, monkeypatch):
+    # limit 6 in one run == limit 4, then skip 4 + limit 2: same problems, same per-batch seeds
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, *, seed, **kw):
+        seen.append((tuple(prompts), seed))
+        return [Generation(text="\\boxed{-1}", length=3, truncated=False) for _ in prompts]
+
+    monkeypatch.setattr("rlattn.eval.generate.generate_batch", fake_generate)
+    common = dict(dataset_name="arith_train", model="tiny:llama-h32-l2", k=2, batch_size=4, band=[0, 1])
+    filter_difficulty(DifficultyConfig(dataset_limit=6, output=str(tmp_path / "all.jsonl"), **common))
+    full, seen[:] = list(seen), []
+    filter_difficulty(DifficultyConfig(dataset_limit=4, output=str(tmp_path / "a.jsonl"), **common))
+    filter_difficulty(DifficultyConfig(dataset_limit=2, dataset_skip=4, output=str(tmp_path / "b.jsonl"), **common))
+    assert seen == full and len(full) == 3  # 2 problems x 2 samples per call
+    ids = lambda name: [json.loads(l)["id"] for l in (tmp_path / name).read_text().splitlines()]
+    assert ids("a.jsonl") + ids("b.jsonl") == ids("all.jsonl") and len(set(ids("all.jsonl"))) == 6
 
 
 def test_rates_band_and_output(tmp_path, monkeypatch):
