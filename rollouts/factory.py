@@ -16,6 +16,8 @@ Selection (``rollout_backend`` in the recipe), see :func:`resolve_rollout`:
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import time
 
@@ -85,7 +87,10 @@ class TRLRolloutFunc:
         mode = "train" if trainer.model.training else "eval"
         step = int(trainer.state.global_step)
         if self.version != step:
-            self.backend.sync(_unwrap(trainer), step)
+            # a trainer that hangs extra modules on the policy (PPO's critic) hides them while the
+            # engine copies the policy's weights: ``policy_weights_only()``, a context manager
+            with getattr(trainer, "policy_weights_only", contextlib.nullcontext)():
+                self.backend.sync(_unwrap(trainer), step)
             self.version = step
             trainer._metrics[mode]["rollouts/sync_s"].append(getattr(self.backend, "last_sync_s", 0.0))
         prompt_ids = trainer._tokenize_prompts(prompts)[0]

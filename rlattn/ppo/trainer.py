@@ -19,7 +19,9 @@ piggyback, extra). What it adds:
   rollout weights, detached; ``credit_strategy: uniform`` is plain PPO;
 - the loss: TRL's clipped policy loss on Ã plus ``vf_coef`` × the clipped value loss
   ½·max((V − G)², (V_old + clip(V − V_old, ±cliprange_value) − G)²), a masked mean over the
-  micro-batch's valid tokens, scaled for gradient accumulation like TRL's own terms.
+  micro-batch's valid tokens, scaled for gradient accumulation like TRL's own terms. The value
+  loss is back-propagated first (``split_value_backward``), so the critic's graph is gone before
+  the policy's forward: peak memory is one graph's, not two.
 
 Metrics: ``ppo/value_loss``, ``ppo/vf_clipfrac``, ``ppo/explained_variance``, ``ppo/value_mean``,
 ``ppo/return_mean``, ``ppo/advantage_mean`` (before whitening), ``ppo/kl`` (when ``beta`` > 0), next
@@ -162,9 +164,29 @@ class AttnCreditPPOTrainer(AttnCreditGRPOTrainer):
                 p.grad.div_(self.accelerator.num_processes)
         return loss
 
+    #: Back-propagate the value loss inside ``_compute_loss``, before the policy's forward: the
+    #: critic's graph (a second pass through every layer) is freed before the policy's is built, so
+    #: peak memory is the larger of the two graphs, not their sum. The returned loss carries the
+    #: critic's gradient as a linear term (value: 0), so the Trainer's scaling and backward give the
+    #: critic exactly the gradient of the summed loss (tested). Off with gradient checkpointing
+    #: (``autograd.grad`` is not allowed through re-entrant checkpoints) and outside training.
+    split_value_backward: bool = True
+
     def _compute_loss(self, model, inputs):
-        loss = super()._compute_loss(model, inputs)  # TRL's clipped policy loss on γ·A (fused credit included)
         mode = "train" if self.model.training else "eval"
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        value_term = self.args.vf_coef * self._value_loss(inputs, mode) / normalizer  # the critic's pass first
+        if (self.split_value_backward and mode == "train" and value_term.requires_grad
+                and not self.args.gradient_checkpointing):
+            params = [p for _, p in self.critic.named_parameters() if p.requires_grad]
+            grads = torch.autograd.grad(value_term, params, allow_unused=True)  # frees the critic's graph now
+            linear = sum((p * g).sum() for p, g in zip(params, grads) if g is not None)  # d/dp = g
+            value_term = value_term.detach() + (linear - linear.detach())  # same value, same critic gradient
+        loss = super()._compute_loss(model, inputs)  # TRL's clipped policy loss on γ·A (fused credit included)
+        return loss + value_term
+
+    def _value_loss(self, inputs, mode: str) -> torch.Tensor:
+        """½·max((V − G)², (V_clipped − G)²), masked mean over the micro-batch's valid tokens (graph to the critic)."""
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
         am = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
         T = inputs["completion_ids"].size(1)
@@ -183,8 +205,14 @@ class AttnCreditPPOTrainer(AttnCreditGRPOTrainer):
             per_token = 0.5 * loss_unclipped
         value_loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
         self._metrics[mode]["ppo/value_loss"].append(float(value_loss.detach()))
-        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        return loss + self.args.vf_coef * value_loss / normalizer
+        return value_loss
+
+    # ---------------------------------------------------------------- rollouts: the policy's weights alone
+
+    def policy_weights_only(self):
+        """Context in which the policy model has no critic submodules: rollout engines copy its weights
+        (``rollout_merge_lora``, vLLM's merged hand-over) inside it."""
+        return self.critic.detached_from(self.model)
 
     # ---------------------------------------------------------------- checkpoints
 

@@ -129,6 +129,52 @@ def test_each_loss_moves_only_its_own_adapter_and_the_base_never(tmp_path):
     assert any("rlattn_value_head" in n for n in value_only)
 
 
+def test_value_backward_split_gives_the_gradients_of_the_summed_loss(tmp_path):
+    # split_value_backward frees the critic's graph before the policy's forward (peak memory); the
+    # loss it returns must have the same value and give every parameter the same gradient as
+    # backward through policy loss + vf_coef * value loss in one graph. GA 2: the 1/2 scaling too.
+    trainer = make_trainer(tmp_path, vf_coef=0.7)
+    out = generation_batch(trainer)
+    trainer.current_gradient_accumulation_steps = 2
+    out["advantages"] = out["advantages"] + 0.3  # a policy gradient too
+    named = dict(trainer.model.named_parameters())
+
+    def run(split):
+        trainer.split_value_backward = split
+        trainer.model.zero_grad(set_to_none=True)
+        loss = trainer._compute_loss(trainer.model, {k: (v.clone() if torch.is_tensor(v) else v) for k, v in out.items()})
+        (loss * 0.5).backward()  # a scaling applied after the fact, as the Trainer may
+        return loss.detach(), {n: p.grad.clone() for n, p in named.items() if p.grad is not None}
+
+    joint_loss, joint = run(False)
+    split_loss, split = run(True)
+    torch.testing.assert_close(split_loss, joint_loss, atol=1e-6, rtol=1e-6)
+    assert split.keys() == joint.keys() and any(".critic." in n for n in split) and any(".default." in n for n in split)
+    for n in joint:
+        torch.testing.assert_close(split[n], joint[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_merged_lora_rollouts_copy_the_policy_without_the_critic(tmp_path):
+    # rollout_merge_lora copies the policy's weights into a plain model: the critic's value head and
+    # adapter must stay out of it (they made load_state_dict fail), and stay on the policy after.
+    from rlattn.rollouts import resolve_rollout
+
+    model, tok = tiny_model("llama", num_layers=3, seed=0)
+    args = make_args(tmp_path, rollout_merge_lora=True)
+    trainer = AttnCreditPPOTrainer(model=model, reward_funcs=[digit_reward], args=args, train_dataset=toy_dataset(),
+                                   processing_class=tok, peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+                                   rollout_func=resolve_rollout(args))
+    out = generation_batch(trainer)
+    assert out["completion_ids"].shape[0] == 4 and torch.isfinite(out["advantages"]).all()
+    merged = trainer.rollout_func.backend.generator  # the plain copy: W + the policy's LoRA delta only
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    am = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids, attention_mask=am).logits,
+                                   trainer.model(input_ids=ids, attention_mask=am).logits, atol=1e-5, rtol=1e-4)
+    assert any("rlattn_value_head" in n for n, _ in trainer.model.named_parameters())
+
+
 def _train(tmp_path, max_steps, resume=None, **kw):
     trainer = make_trainer(tmp_path, max_steps=max_steps, save_strategy="steps", save_steps=2, seed=3, lr_scheduler_type="constant",
                            credit_strategy="coupled", **kw)
