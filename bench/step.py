@@ -8,7 +8,7 @@ the first step is dropped (warm-up) and the others averaged. Phases are timed by
 trainer's methods: ``_generate`` (generation), ``_calculate_rewards`` (rewards), the
 ``credit/stats_time_s`` metric (attention statistics and γ), ``_compute_loss`` minus the statistics
 (loss forward), ``accelerator.backward`` (backward) and ``optimizer.step``; "other" is the step's
-wall time minus those. ``--write`` puts the table into docs/benchmarks.md (section ``step``).
+wall time minus those. ``--write`` puts the table into docs/benchmarks.md (section ``step``, or ``--section``).
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[],
                    help="name:--key=value,--key=value (repeatable); the recipe as is is the variant 'recipe'")
     p.add_argument("--write", action="store_true")
+    p.add_argument("--section", default="step", help="docs/benchmarks.md section --write replaces (e.g. step_vllm)")
     p.add_argument("--child", nargs=2, metavar=("OUT", "OVERRIDES_JSON"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -155,7 +156,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section("step", "## One training step, phase by phase (`bench/step.py`)\n\n" + table)
+        title = "One training step, phase by phase" + ("" if args.section == "step" else f" ({args.section})")
+        write_section(args.section, f"## {title} (`bench/step.py`)\n\n" + table)
 
 
 if __name__ == "__main__":
