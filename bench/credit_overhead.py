@@ -129,7 +129,7 @@ def main() -> None:
     args = p.parse_args()
     rows = []
     for length in args.lengths:
-        batch = args.batch if length <= 256 else max(1, args.batch * 256 // length)
+        batch = args.batch if length <= 256 else max(2, args.batch * 256 // length)  # GRPO needs groups of >= 2
         r = measure(args.recipe, batch, length, args.repeats)
         rows.append(r)
         print(r, flush=True)
