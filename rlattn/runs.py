@@ -26,6 +26,7 @@ checkpoints, saves after an interrupt or a failure, and the train/save sequence 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -630,6 +631,43 @@ def _bound_rewards(trainer, script_args) -> None:
                   max_failed_frac=float(getattr(script_args, "reward_max_failed_frac", 1.0)))
 
 
+@contextlib.contextmanager
+def _ctrl_c_cannot_be_swallowed(trainer):
+    """Ctrl-C raises KeyboardInterrupt at once, as usual; should that exception be swallowed (Python
+    drops it when it lands inside a ``__del__`` or a finaliser: "Exception ignored in ..."), it is
+    raised again at the end of the current step or micro-step, so the run still stops and saves.
+    Main thread only; the previous handler is restored afterwards."""
+    import signal
+    import threading
+
+    from transformers import TrainerCallback
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+
+    def on_sigint(signum, frame):
+        pressed.append(time.time())
+        raise KeyboardInterrupt
+
+    class _Guard(TrainerCallback):
+        def _check(self, *a, **k):
+            if pressed:
+                raise KeyboardInterrupt("Ctrl-C (raised again at the step's end: the first one was swallowed)")
+
+        on_step_end = on_substep_end = _check
+
+    guard = _Guard()
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    trainer.add_callback(guard)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        trainer.remove_callback(guard)
+
+
 def run_training(trainer, training_args, script_args=None) -> Path:
     """Train (resuming per ``resume_from_checkpoint``) and save; what ``scripts/grpo.py`` and
     ``scripts/ppo.py`` share. Returns the path of ``metrics.jsonl``.
@@ -651,7 +689,8 @@ def run_training(trainer, training_args, script_args=None) -> Path:
     start_step = checkpoint_step(checkpoint) if checkpoint is not None else 0
     restart_logs(output_dir, start_step if checkpoint is not None else None, rank=trainer.accelerator.process_index)
     try:
-        trainer.train(resume_from_checkpoint=checkpoint)
+        with _ctrl_c_cannot_be_swallowed(trainer):
+            trainer.train(resume_from_checkpoint=checkpoint)
     except BaseException as error:
         save_after_fault(trainer, output_dir, error, start_step)
         raise

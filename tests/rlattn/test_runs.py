@@ -387,3 +387,35 @@ def test_torch_threads_must_be_a_non_negative_int():
 
     with pytest.raises(ValueError, match=r"torch_threads=-1 must be an int >= 0"):
         parse_grpo_args([str(ROOT / "recipes/anchor_credit.yaml"), "--torch_threads", "-1"])
+
+
+def test_a_swallowed_ctrl_c_is_raised_again_at_the_step_end():
+    # Python drops a KeyboardInterrupt that lands inside a __del__ ("Exception ignored in"); the guard
+    # of run_training raises it again at the next step end, so the run still stops and saves.
+    import signal
+
+    from rlattn.runs import _ctrl_c_cannot_be_swallowed
+
+    class FakeTrainer:
+        def __init__(self):
+            self.callbacks = []
+
+        def add_callback(self, cb):
+            self.callbacks.append(cb)
+
+        def remove_callback(self, cb):
+            self.callbacks.remove(cb)
+
+    trainer = FakeTrainer()
+    before = signal.getsignal(signal.SIGINT)
+    with _ctrl_c_cannot_be_swallowed(trainer):
+        (guard,) = trainer.callbacks
+        guard.on_step_end(None, None, None)  # no Ctrl-C yet: nothing happens
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass  # swallowed, as a finaliser would
+        with pytest.raises(KeyboardInterrupt, match="swallowed"):
+            guard.on_step_end(None, None, None)
+    assert trainer.callbacks == [] and signal.getsignal(signal.SIGINT) is before
