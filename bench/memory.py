@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command, machine, write_section  # noqa: E402
+from _common import command, machine, parse_variant, run_recipe_instrumented, run_variant, script_for, write_section  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("load", "generate", "loss_forward", "backward", "optimizer")
 
 
@@ -39,14 +38,7 @@ def _rss_mb() -> float:
 
 def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
     """Run the recipe for ``steps`` steps; write the peak gains per phase and RSS per step as JSON."""
-    import torch
     from transformers import TrainerCallback
-
-    ppo = Path(recipe).name.startswith("ppo") or "ppo" in Path(recipe).parts
-    script = ROOT / "scripts" / ("ppo.py" if ppo else "grpo.py")
-    sys.argv = [script.name, recipe, "--max_steps", str(steps), "--save_strategy", "no", "--logging_steps", "1",
-                "--credit_log_samples", "0", "--output_dir", os.path.join(os.path.dirname(out), "run"), *overrides]
-    import rlattn.trainer as core
 
     gains = {k: 0.0 for k in PHASES}
     start = _peak_mb()
@@ -64,7 +56,6 @@ def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
 
         setattr(owner, name, wrapper)
 
-
     class Steps(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             gains["load"] = _peak_mb() - start
@@ -73,35 +64,17 @@ def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
         def on_step_end(self, args, state, control, **kw):
             record["rss_per_step_mb"].append(round(_rss_mb()))
 
-    original_init = core.AttnCreditGRPOTrainer.__init__
-
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.add_callback(Steps())
+    def on_trainer(trainer):
+        trainer.add_callback(Steps())
         # on the instance: the outermost call of each, whatever the subclass overrides (PPO's critic passes too)
-        tracked(self, "_generate_and_score_completions", "generate")
-        tracked(self, "_compute_loss", "loss_forward")
-        tracked(self.accelerator, "backward", "backward")
-        original_create = self.create_optimizer
-
-        def create_optimizer(*a, **k):
-            opt = original_create(*a, **k)
-            tracked(opt, "step", "optimizer")
-            return opt
-
-        self.create_optimizer = create_optimizer
-
-    core.AttnCreditGRPOTrainer.__init__ = init
-    torch.manual_seed(0)
-    import runpy
+        tracked(trainer, "_generate_and_score_completions", "generate")
+        tracked(trainer, "_compute_loss", "loss_forward")
+        tracked(trainer.accelerator, "backward", "backward")
 
     t0 = time.perf_counter()
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as done:
-        if done.code not in (None, 0):
-            raise
-    record.update(gains=gains, peak_mb=_peak_mb(), wall_s=time.perf_counter() - t0, script=script.name)
+    run_recipe_instrumented(recipe, steps, os.path.dirname(out), overrides, on_trainer,
+                            on_optimizer=lambda opt: tracked(opt, "step", "optimizer"))
+    record.update(gains=gains, peak_mb=_peak_mb(), wall_s=time.perf_counter() - t0, script=script_for(recipe).name)
     Path(out).write_text(json.dumps(record))
 
 
@@ -117,26 +90,11 @@ def main() -> None:
     if args.child:
         _child(args.recipes[0], json.loads(args.child[1]), args.steps, args.child[0])
         return
-    import subprocess
-    import tempfile
-
     runs = [(Path(r).stem, r, []) for r in args.recipes]
-    for v in args.variant:
-        name, _, flags = v.partition(":")
-        overrides = []
-        for f in filter(None, flags.split(",")):
-            key, _, value = f.partition("=")
-            overrides += [key] + value.split()
-        runs.append((name, args.recipes[0], overrides))
+    runs += [(name, args.recipes[0], overrides) for name, overrides in map(parse_variant, args.variant)]
     rows = []
     for name, recipe, overrides in runs:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "memory.json")
-            cmd = [sys.executable, __file__, recipe, "--steps", str(args.steps), "--child", out, json.dumps(overrides)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(Path(out).read_text())
+        r = run_variant(__file__, recipe, args.steps, overrides, name)
         rows.append((name, " ".join(overrides), r))
         print(f"{name}: peak {r['peak_mb']:.0f} MB, gains {json.dumps({k: round(v) for k, v in r['gains'].items()})}, "
               f"RSS per step {r['rss_per_step_mb']}", flush=True)

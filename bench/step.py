@@ -21,20 +21,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command, machine, write_section  # noqa: E402
+from _common import command, machine, parse_variant, run_recipe_instrumented, run_variant, write_section  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("generate", "rewards", "statistics", "loss_forward", "backward", "optimizer", "other")
 
 
 def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
     """Run the recipe for ``steps`` steps with timers; write per-step phase times as JSON to ``out``."""
-    import torch
     from transformers import TrainerCallback
-
-    sys.argv = ["grpo.py", recipe, "--max_steps", str(steps), "--save_strategy", "no", "--logging_steps", "1",
-                "--credit_log_samples", "0", "--output_dir", os.path.join(os.path.dirname(out), "run"), *overrides]
-    import rlattn.trainer as core
+    from trl import GRPOTrainer
 
     acc: dict[str, float] = {}
 
@@ -50,8 +45,6 @@ def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
 
         setattr(owner, name, wrapper)
 
-    from trl import GRPOTrainer
-
     timed(GRPOTrainer, "_generate", "generate")
     timed(GRPOTrainer, "_calculate_rewards", "rewards")
     timed(GRPOTrainer, "_compute_loss", "loss_total")
@@ -66,37 +59,19 @@ def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
             acc["wall"] = time.perf_counter() - self.t0
             steps_out.append(dict(acc))
 
-    original_init = core.AttnCreditGRPOTrainer.__init__
+    def on_trainer(trainer):
+        trainer.add_callback(Phases())
+        timed(trainer.accelerator, "backward", "backward")
+        original_log = trainer._log_credit
 
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.add_callback(Phases())
-        timed(self.accelerator, "backward", "backward")
-        original_create = self.create_optimizer
-
-        def create_optimizer(*a, **k):
-            opt = original_create(*a, **k)
-            timed(opt, "step", "optimizer")
-            return opt
-
-        self.create_optimizer = create_optimizer
-        original_log = self._log_credit
-
-        def log_credit(mode, gamma, mask, sel, stats_time, *rest):
+        def log_credit(mode, gamma, mask, sel, stats_time, *rest, **kw):
             acc["statistics"] = acc.get("statistics", 0.0) + stats_time
-            return original_log(mode, gamma, mask, sel, stats_time, *rest)
+            return original_log(mode, gamma, mask, sel, stats_time, *rest, **kw)
 
-        self._log_credit = log_credit
+        trainer._log_credit = log_credit
 
-    core.AttnCreditGRPOTrainer.__init__ = init
-    torch.manual_seed(0)
-    import runpy
-
-    try:
-        runpy.run_path(str(ROOT / "scripts" / "grpo.py"), run_name="__main__")
-    except SystemExit as done:
-        if done.code not in (None, 0):
-            raise
+    run_recipe_instrumented(recipe, steps, os.path.dirname(out), overrides, on_trainer,
+                            on_optimizer=lambda opt: timed(opt, "step", "optimizer"))
     Path(out).write_text(json.dumps(steps_out))
 
 
@@ -123,26 +98,10 @@ def main() -> None:
     if args.child:
         _child(args.recipe, json.loads(args.child[1]), args.steps, args.child[0])
         return
-    import subprocess
-    import tempfile
-
-    variants = [("recipe", [])]
-    for v in args.variant:
-        name, _, flags = v.partition(":")
-        overrides = []
-        for f in filter(None, flags.split(",")):
-            key, _, value = f.partition("=")
-            overrides += [key] + value.split()
-        variants.append((name, overrides))
+    variants = [("recipe", [])] + [parse_variant(v) for v in args.variant]
     rows = []
     for name, overrides in variants:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "steps.json")
-            cmd = [sys.executable, __file__, args.recipe, "--steps", str(args.steps), "--child", out, json.dumps(overrides)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                raise RuntimeError(f"variant {name} failed:\n{proc.stderr[-3000:]}")
-            steps = [_phases(s) for s in json.loads(Path(out).read_text())]
+        steps = [_phases(s) for s in run_variant(__file__, args.recipe, args.steps, overrides, f"variant {name}")]
         kept = steps[1:] or steps
         mean = {k: sum(s[k] for s in kept) / len(kept) for k in (*PHASES, "wall")}
         rows.append((name, " ".join(overrides), mean))

@@ -648,7 +648,7 @@ def _ctrl_c_cannot_be_swallowed(trainer):
     pressed = []
 
     def on_sigint(signum, frame):
-        pressed.append(time.time())
+        pressed.append(signum)
         raise KeyboardInterrupt
 
     class _Guard(TrainerCallback):
