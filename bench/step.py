@@ -48,6 +48,14 @@ def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
     timed(GRPOTrainer, "_generate", "generate")
     timed(GRPOTrainer, "_calculate_rewards", "rewards")
     timed(GRPOTrainer, "_compute_loss", "loss_total")
+    counted = GRPOTrainer._compute_loss
+
+    def count_tokens(self, model, inputs, *args, **kwargs):  # completion tokens the loss passes read
+        acc["loss_tokens"] = acc.get("loss_tokens", 0.0) + float(inputs["completion_mask"].sum())
+        acc["loss_padded"] = acc.get("loss_padded", 0.0) + float(inputs["completion_mask"].numel())
+        return counted(self, model, inputs, *args, **kwargs)
+
+    GRPOTrainer._compute_loss = count_tokens
     steps_out: list[dict] = []
 
     class Phases(TrainerCallback):
@@ -82,6 +90,8 @@ def _phases(step: dict) -> dict[str, float]:
              "loss_forward": loss_fwd, "backward": step.get("backward", 0.0), "optimizer": step.get("optimizer", 0.0)}
     known["other"] = max(0.0, step["wall"] - sum(known.values()))
     known["wall"] = step["wall"]
+    known["loss_tokens"] = step.get("loss_tokens", 0.0)
+    known["loss_padded"] = step.get("loss_padded", 0.0)
     return known
 
 
@@ -103,15 +113,17 @@ def main() -> None:
     for name, overrides in variants:
         steps = [_phases(s) for s in run_variant(__file__, args.recipe, args.steps, overrides, f"variant {name}")]
         kept = steps[1:] or steps
-        mean = {k: sum(s[k] for s in kept) / len(kept) for k in (*PHASES, "wall")}
+        mean = {k: sum(s[k] for s in kept) / len(kept) for k in (*PHASES, "wall", "loss_tokens", "loss_padded")}
         rows.append((name, " ".join(overrides), mean))
         print(f"{name}: " + ", ".join(f"{k} {mean[k]:.2f}s" for k in (*PHASES, "wall")), flush=True)
-    head = "| variant | overrides | " + " | ".join(PHASES) + " | step (s) | vs first |\n|" + "---|" * (len(PHASES) + 4)
+    head = "| variant | overrides | " + " | ".join(PHASES) + " | step (s) | vs first | completion tokens in the loss (padded) | loss fwd+bwd ms/token |\n|" + "---|" * (len(PHASES) + 6)
     lines = [f"Machine: {machine()}.", f"Command: `{command()}`; mean of steps 2..{args.steps} (step 1 is warm-up); seconds per step.", "", head]
     base = rows[0][2]["wall"]
     for name, overrides, m in rows:
         cells = " | ".join(f"{m[k]:.2f} ({100 * m[k] / m['wall']:.0f} %)" for k in PHASES)
-        lines.append(f"| {name} | `{overrides or '-'}` | {cells} | **{m['wall']:.2f}** | {base / m['wall']:.2f}x |")
+        per_token = 1000 * (m["loss_forward"] + m["backward"]) / m["loss_tokens"] if m["loss_tokens"] else float("nan")
+        lines.append(f"| {name} | `{overrides or '-'}` | {cells} | **{m['wall']:.2f}** | {base / m['wall']:.2f}x "
+                     f"| {m['loss_tokens']:.0f} ({m['loss_padded']:.0f}) | {per_token:.1f} |")
     table = "\n".join(lines)
     print(table)
     if args.write:
