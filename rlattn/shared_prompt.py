@@ -45,14 +45,16 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[
 
 
 def shared_prompt_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                        compute_entropy: bool, autocast) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        compute_entropy: bool, autocast, groups: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (and entropies) of the last ``logits_to_keep`` tokens, as TRL's
     ``_get_per_token_logps_and_entropies`` returns them for one chunk, with each distinct prompt run
     once. ``input_ids``/``attention_mask``: ``[B, P + C]`` with ``C = logits_to_keep``; ``model``
     carries TRL's fused LM head. ``autocast``: the accelerator's autocast context factory.
+    ``groups``: :func:`prompt_groups` of the chunk's prompt columns, when the caller has them.
     """
     P = input_ids.size(1) - logits_to_keep
-    first, row_to_group = prompt_groups(input_ids[:, :P], attention_mask[:, :P])  # [U], [B]
+    first, row_to_group = groups or prompt_groups(input_ids[:, :P], attention_mask[:, :P])  # [U], [B]
     with autocast():
         prefix = model(input_ids=input_ids[first, : P - 1], attention_mask=attention_mask[first, : P - 1],
                        use_cache=True, logits_to_keep=1)

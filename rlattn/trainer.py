@@ -52,7 +52,7 @@ from rlattn.credit.capture import StopForward, capture_qk, num_hidden_layers
 from rlattn.credit.config import CreditConfig
 from rlattn.credit.registry import get_credit_fn, strategy_needs
 from rlattn.dynamic_sampling import PromptStream, merge_rows, zero_variance_groups
-from rlattn.shared_prompt import shared_prompt_logps
+from rlattn.shared_prompt import prompt_groups, shared_prompt_logps
 
 logger = logging.getLogger(__name__)
 
@@ -284,18 +284,25 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
     def _can_share_prompt(self, input_ids, logits_to_keep, args, kwargs) -> bool:
         """``share_prompt_prefix`` applies: text-only, no MoE aux loss, one process, no gradient
         checkpointing, a prompt of >= 2 columns (see rlattn/shared_prompt.py)."""
-        return (getattr(self.args, "share_prompt_prefix", False) and not any(a is not None and a is not False for a in args)
+        return (self.args.share_prompt_prefix and not any(a is not None and a is not False for a in args)
                 and not any(v is not None and v is not False for v in kwargs.values())
                 and self.accelerator.num_processes == 1 and not self.args.gradient_checkpointing
                 and input_ids.size(1) - logits_to_keep >= 2)
 
     def _shared_prompt_pass(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
-        """TRL's chunked log-prob pass, each chunk with one prefix pass per distinct prompt."""
+        """TRL's chunked log-prob pass, each chunk with one prefix pass per distinct prompt; a chunk
+        whose prompts are all distinct has nothing to share and runs TRL's whole-row pass."""
         batch_size = batch_size or input_ids.size(0)
+        P = input_ids.size(1) - logits_to_keep
         logps, entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
-            lp, ent = shared_prompt_logps(model, input_ids[start:start + batch_size], attention_mask[start:start + batch_size],
-                                          logits_to_keep, compute_entropy, self.accelerator.autocast)
+            ids, am = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
+            groups = prompt_groups(ids[:, :P], am[:, :P])  # [U], [b]
+            if groups[0].numel() == ids.size(0):
+                lp, ent, _ = super()._get_per_token_logps_and_entropies(model, ids, am, logits_to_keep, None, compute_entropy)
+            else:
+                lp, ent = shared_prompt_logps(model, ids, am, logits_to_keep, compute_entropy, self.accelerator.autocast,
+                                              groups=groups)
             logps.append(lp)
             entropies.append(ent)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None

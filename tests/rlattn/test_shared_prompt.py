@@ -97,7 +97,7 @@ def test_trainer_loss_and_gradients_equal_with_and_without_sharing(tmp_path, mon
         trainer.model.train()
         assert trainer.credit_path() == "piggyback"
         n_before = len(calls)
-        out = trainer._generate_and_score_completions([toy_dataset()[i] for i in range(4)])
+        out = trainer._generate_and_score_completions([toy_dataset()[i] for i in (0, 0, 1, 1)])  # prompts repeat
         assert len(calls) == n_before  # the captured old-log-prob pass runs whole rows
         assert trainer.last_credit["path"] == "piggyback"
         trainer.model.zero_grad(set_to_none=True)
@@ -108,6 +108,7 @@ def test_trainer_loss_and_gradients_equal_with_and_without_sharing(tmp_path, mon
     (out0, loss0, g0), (out1, loss1, g1) = results
     torch.testing.assert_close(out1["completion_ids"], out0["completion_ids"], atol=0, rtol=0)  # same rollouts
     torch.testing.assert_close(out1["advantages"], out0["advantages"], atol=1e-6, rtol=0)
+    assert out0["advantages"].abs().sum() > 0  # not vacuous: the loss has gradients to compare
     torch.testing.assert_close(loss1, loss0, atol=1e-6, rtol=0)
     assert g0.keys() == g1.keys() and g0
     for name in g0:
@@ -124,3 +125,25 @@ def test_whole_rows_where_sharing_cannot_apply(tmp_path, monkeypatch, kw):
     trainer.model.train()
     out = trainer._generate_and_score_completions([toy_dataset()[i] for i in range(4)])
     trainer._compute_loss(trainer.model, out).backward()  # fused path: the loss forward captures q/k
+
+
+def test_trainer_shares_only_chunks_with_a_repeated_prompt(tmp_path, monkeypatch):
+    """A chunk whose prompts are all distinct has nothing to share: TRL's one whole-row pass runs,
+    not two passes; a chunk with repeats takes the shared pass. Both equal TRL's result."""
+    import rlattn.trainer as core
+    from trl import GRPOTrainer
+
+    calls = []
+    real = core.shared_prompt_logps
+    monkeypatch.setattr(core, "shared_prompt_logps", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    trainer = make_trainer(tmp_path, share_prompt_prefix=True, credit_strategy="uniform")
+    trainer.model.train()
+    ids, mask, C = _batch(trainer.model.config.vocab_size)
+    for rows, shared in (([0, 1, 3], 0), (list(range(8)), 2)):  # 8 rows in chunks of 4: both chunks repeat a prompt
+        lp, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids[rows], mask[rows], C, batch_size=4)
+        ref, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(trainer, trainer.model, ids[rows], mask[rows], C,
+                                                                   batch_size=4)
+        assert len(calls) == shared
+        valid = mask[rows][:, -C:].bool()
+        torch.testing.assert_close(lp[valid], ref[valid], atol=1e-5, rtol=0)
+        calls.clear()
