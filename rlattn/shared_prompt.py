@@ -16,6 +16,11 @@ full attention mask. Positions continue from the cache, so every token sees the 
 and mask of the unshared pass: log-probs and gradients equal it up to float round-off (tested,
 ``tests/rlattn/test_shared_prompt.py``).
 
+TRL shuffles a generation batch's rows before cutting it into micro-batches, so a micro-batch of 8
+holds ~4 prompts of ~2 rows each; :func:`regroup_by_prompt` (``shuffle_by_prompt``) deals the
+micro-batches by prompt group instead, so one of ``num_generations`` rows holds one prompt and the
+prefix runs once per micro-batch.
+
 Used by :class:`rlattn.trainer.AttnCreditGRPOTrainer` when ``share_prompt_prefix`` is on, for
 passes that capture no attention statistics (a capture needs the whole row in one pass), on
 text-only batches and without gradient checkpointing (which drops the cache); anything else runs
@@ -68,3 +73,52 @@ def shared_prompt_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
     logps = out.log_probs[:, -logits_to_keep:]  # [B, C]
     entropies = out.entropy[:, -logits_to_keep:] if compute_entropy else None
     return logps, entropies
+
+
+def regroup_by_prompt(chunks: list[dict], generator: torch.Generator | None = None) -> list[dict]:
+    """A generation batch's micro-batches re-dealt so that each holds as few distinct prompts as possible.
+
+    ``chunks``: the micro-batches TRL made by shuffling the generation batch's rows and splitting
+    them (``shuffle_sequence_dict`` then ``split_tensor_dict``). Their rows are merged, ordered by
+    prompt group with the groups in random order (``generator``; rows keep their shuffled order
+    inside a group) and split again into as many equal micro-batches. With
+    ``per_device_train_batch_size == num_generations`` every micro-batch is then one prompt's
+    group, and :func:`shared_prompt_logps` runs one prefix per micro-batch instead of ~one per row
+    group it happened to receive. Per-row values (tensors with a batch dimension, lists) move
+    together; scalars and ``None`` are kept. The optimizer steps see the same rows per generation
+    batch, dealt by group instead of by row.
+    """
+    n = len(chunks)
+    if n <= 1:
+        return chunks
+    keys = chunks[0].keys()
+    merged = {}
+    for key in keys:
+        vals = [c[key] for c in chunks]
+        v = vals[0]
+        if isinstance(v, torch.Tensor) and v.ndim > 0:
+            merged[key] = torch.cat(vals)
+        elif isinstance(v, list):
+            merged[key] = [x for part in vals for x in part]
+        else:
+            merged[key] = v
+    _, row_to_group = prompt_groups(merged["prompt_ids"], merged["prompt_mask"])  # [B]
+    U, B = int(row_to_group.max()) + 1, row_to_group.numel()
+    if B % n:
+        raise ValueError(f"cannot re-deal {B} rows into {n} equal micro-batches")
+    group_rank = torch.randperm(U, generator=generator).to(row_to_group.device)  # [U] random group order
+    order = torch.argsort(group_rank[row_to_group] * B + torch.arange(B, device=row_to_group.device))  # [B]
+    size = B // n
+    out = []
+    for i in range(n):
+        idx = order[i * size:(i + 1) * size]
+        chunk = {}
+        for key, v in merged.items():
+            if isinstance(v, torch.Tensor) and v.ndim > 0:
+                chunk[key] = v[idx]
+            elif isinstance(v, list):
+                chunk[key] = [v[j] for j in idx.tolist()]
+            else:
+                chunk[key] = v
+        out.append(chunk)
+    return out

@@ -52,7 +52,7 @@ from rlattn.credit.capture import StopForward, capture_qk, num_hidden_layers
 from rlattn.credit.config import CreditConfig
 from rlattn.credit.registry import get_credit_fn, strategy_needs
 from rlattn.dynamic_sampling import PromptStream, merge_rows, zero_variance_groups
-from rlattn.shared_prompt import prompt_groups, shared_prompt_logps
+from rlattn.shared_prompt import prompt_groups, regroup_by_prompt, shared_prompt_logps
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         self.last_credit: dict | None = None
         self._last_cycle_start: float | None = None
         self._fused_batch: dict | None = None
+        self._regrouped_buffer: list | None = None
         self._warned: set[str] = set()
         self._prompt_stream = None
         if targs is not None and getattr(targs, "dynamic_sampling", False):
@@ -306,6 +307,16 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
             logps.append(lp)
             entropies.append(ent)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+    def _prepare_inputs(self, generation_batch):
+        inputs = super()._prepare_inputs(generation_batch)
+        buffered = self._buffered_inputs
+        if (not self.model.training or not getattr(self.args, "shuffle_by_prompt", False) or buffered is None
+                or buffered is self._regrouped_buffer or buffered[0].get("pixel_values") is not None):
+            return inputs  # evaluation, off, or a buffer already re-dealt (a later micro-batch); images: TRL's split
+        # TRL just generated, shuffled rows and split them: re-deal the micro-batches by prompt group
+        self._buffered_inputs = self._regrouped_buffer = regroup_by_prompt(buffered)
+        return self._buffered_inputs[self._step % self.args.steps_per_generation]
 
     def _compute_loss(self, model, inputs):
         fused = self._fused_batch

@@ -6,7 +6,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from trl.trainer.utils import add_fused_lm_head
 
-from rlattn.shared_prompt import prompt_groups, shared_prompt_logps
+from rlattn.shared_prompt import prompt_groups, regroup_by_prompt, shared_prompt_logps
 from rlattn.testing import tiny_model
 from tests.rlattn.test_credit_paths import _clone, _grads, make_trainer, toy_dataset
 
@@ -147,3 +147,75 @@ def test_trainer_shares_only_chunks_with_a_repeated_prompt(tmp_path, monkeypatch
         valid = mask[rows][:, -C:].bool()
         torch.testing.assert_close(lp[valid], ref[valid], atol=1e-5, rtol=0)
         calls.clear()
+
+
+def _dealt(prompt_of_row, n_chunks):
+    """Micro-batches as TRL deals them: rows in the given (shuffled) order, split evenly; every
+    per-row field carries the row's id so the test can check that fields move together."""
+    B = len(prompt_of_row)
+    rows = torch.arange(B)
+    prompts = torch.tensor([[0, 10 + p, 20 + p] for p in prompt_of_row])  # [B, 3]
+    batch = {"prompt_ids": prompts, "prompt_mask": torch.ones_like(prompts), "completion_ids": rows[:, None] * 2,
+             "advantages": rows.float(), "names": [f"row{r}" for r in rows.tolist()],
+             "num_items_in_batch": torch.tensor(42), "old_per_token_logps": None}
+    size = B // n_chunks
+    return [{k: (v[i * size:(i + 1) * size] if isinstance(v, list) or (torch.is_tensor(v) and v.ndim) else v)
+             for k, v in batch.items()} for i in range(n_chunks)]
+
+
+@pytest.mark.parametrize("prompt_of_row,n_chunks,per_chunk", [
+    ([0, 1, 2, 3, 1, 0, 3, 2], 4, 1),  # 4 groups of 2 into 4 micro-batches: one prompt each
+    ([2, 0, 0, 1, 0, 2, 0, 1], 4, 1),  # groups of 4, 2, 2: still one prompt per micro-batch
+    ([0, 1, 0, 1, 1, 0], 2, 1),  # groups of 3 into micro-batches of 3
+    ([0, 1, 2, 0, 1, 2], 2, 2),  # three groups of 2 into micro-batches of 3: one is split
+])
+def test_regroup_by_prompt_by_hand(prompt_of_row, n_chunks, per_chunk):
+    chunks = _dealt(prompt_of_row, n_chunks)
+    out = regroup_by_prompt(chunks, generator=torch.Generator().manual_seed(0))
+    assert len(out) == n_chunks
+    seen = []
+    for c in out:
+        ids = c["completion_ids"][:, 0] // 2  # row ids
+        assert c["advantages"].tolist() == ids.float().tolist()  # fields move together
+        assert c["names"] == [f"row{r}" for r in ids.tolist()]
+        assert c["prompt_ids"][:, 1].tolist() == [10 + prompt_of_row[r] for r in ids.tolist()]
+        assert c["num_items_in_batch"].item() == 42 and c["old_per_token_logps"] is None  # scalars and None kept
+        assert len(set(c["prompt_ids"][:, 1].tolist())) <= per_chunk
+        seen += ids.tolist()
+    assert sorted(seen) == list(range(len(prompt_of_row)))  # every row once
+    order = [r for c in out for r in (c["completion_ids"][:, 0] // 2).tolist()]
+    for p in set(prompt_of_row):  # inside a group the rows keep TRL's shuffled order
+        assert [r for r in order if prompt_of_row[r] == p] == [r for r in range(len(prompt_of_row)) if prompt_of_row[r] == p]
+
+
+def test_regroup_order_of_groups_is_random():
+    orders = set()
+    for seed in range(8):
+        out = regroup_by_prompt(_dealt([0, 1, 2, 3] * 2, 4), generator=torch.Generator().manual_seed(seed))
+        orders.add(tuple(c["prompt_ids"][0, 1].item() for c in out))
+    assert len(orders) > 1
+
+
+def test_trainer_deals_micro_batches_by_prompt(tmp_path):
+    """Two prompts x 4 completions, micro-batches of 4: with shuffle_by_prompt each micro-batch is one
+    prompt's whole group, and the two hold the same rows as TRL's row shuffle dealt."""
+    batches = {}
+    for flag in (False, True):
+        trainer = make_trainer(tmp_path / str(flag), credit_strategy="uniform", steps_per_generation=2,
+                               shuffle_by_prompt=flag, share_prompt_prefix=True)
+        trainer.model.train()
+        rows = [toy_dataset()[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)]  # as the repeat sampler yields them
+        got = []
+        for step in range(2):
+            trainer._step = step
+            got.append(trainer._prepare_inputs(rows))
+        batches[flag] = got
+
+    def row_set(mbs):
+        return sorted(tuple(r) for mb in mbs for r in torch.cat([mb["prompt_ids"], mb["completion_ids"]], 1).tolist())
+
+    assert row_set(batches[True]) == row_set(batches[False])  # same rollouts and rows, dealt differently
+    for mb in batches[True]:
+        assert prompt_groups(mb["prompt_ids"], mb["prompt_mask"])[0].numel() == 1
+        assert abs(mb["advantages"].sum().item()) < 1e-5  # a whole group: its advantages sum to zero
+    assert any(mb["advantages"].abs().sum() > 0 for mb in batches[True])  # not vacuous
