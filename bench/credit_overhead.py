@@ -14,7 +14,10 @@ On the embedded model with the main recipe's LoRA (r 16 on q/k/v/o, bf16), for a
 
 Overheads are reported in seconds and as a share of ``loss`` (the step without generation and
 optimizer, so the share of a full step is smaller: generation comes on top). All timings are
-medians of ``--repeats`` runs after one warm-up, in one process, variant by variant.
+medians of ``--repeats`` runs after one warm-up each, in one process, the variants taking turns
+within each repeat. Beside the wall-time differences (noisy on a shared CPU), the fused and
+piggyback columns give the time the capture's reduction itself took inside the pass
+(``StatsAccumulator.reduce_time``).
 """
 
 from __future__ import annotations
@@ -69,14 +72,23 @@ def _batch(trainer, ds, batch: int, length: int):
             "advantages": torch.randn(batch, generator=gen), "num_items_in_batch": torch.tensor(float(batch * length))}
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median wall time of each variant, and median of what it returns (seconds the statistics'
+    reduction took inside the pass, or None). One warm-up each, then the variants take turns
+    (A B C, A B C, ...), so a slow spell of this shared machine hits every variant alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    inner = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            r = fn()
+            times[name].append(time.perf_counter() - t0)
+            if r is not None:
+                inner[name].append(r)
+    return ({n: statistics.median(v) for n, v in times.items()},
+            {n: statistics.median(v) for n, v in inner.items() if v})
 
 
 def measure(recipe: str, batch: int, length: int, repeats: int) -> dict:
@@ -84,6 +96,9 @@ def measure(recipe: str, batch: int, length: int, repeats: int) -> dict:
     base = _batch(trainer, ds, batch, length)
     ids = torch.cat([base["prompt_ids"], base["completion_ids"]], 1)
     am = torch.cat([base["prompt_mask"], base["completion_mask"]], 1)
+    finished = []
+    finish = trainer._finish_fused
+    trainer._finish_fused = lambda inputs, cap: finished.append(cap) or finish(inputs, cap)
 
     def loss(fused: bool):
         def run():
@@ -92,18 +107,20 @@ def measure(recipe: str, batch: int, length: int, repeats: int) -> dict:
                 b["credit_row"] = torch.arange(batch)
                 trainer._fused_batch = {"B": batch, "T": length, "inert": False, "parts": {}, "mode": "train",
                                         "cycle_start": time.perf_counter(), "n_local": batch}
+            finished.clear()
             trainer.model.zero_grad(set_to_none=True)
             with trainer.accelerator.autocast():
                 out = trainer._compute_loss(trainer.model, b)
             out.backward()
+            return finished[0].stats.reduce_time if fused else None
         return run
 
     def old_logp(capture: bool):
         def run():
-            if capture:
-                trainer._pass_capture = trainer._new_capture(base, stop_early=False)
+            cap = trainer._pass_capture = trainer._new_capture(base, stop_early=False) if capture else None
             with torch.no_grad():
                 trainer._get_per_token_logps_and_entropies(trainer.model, ids, am, length, batch_size=batch)
+            return cap.stats.reduce_time if capture else None
         return run
 
     def extra():
@@ -111,11 +128,10 @@ def measure(recipe: str, batch: int, length: int, repeats: int) -> dict:
             trainer._credit_forward(base, batch_size=batch)
 
     res = {"batch": batch, "prompt": int(base["prompt_ids"].shape[1]), "length": length}
-    res["loss"] = _median_time(loss(False), repeats)
-    res["fused"] = _median_time(loss(True), repeats)
-    res["old_logp"] = _median_time(old_logp(False), repeats)
-    res["piggyback"] = _median_time(old_logp(True), repeats)
-    res["extra"] = _median_time(extra, repeats)
+    times, inner = _interleaved({"loss": loss(False), "fused": loss(True), "old_logp": old_logp(False),
+                                 "piggyback": old_logp(True), "extra": extra}, repeats)
+    res.update(times)
+    res["fused_reduce"], res["piggyback_reduce"] = inner["fused"], inner["piggyback"]
     return res
 
 
@@ -133,16 +149,22 @@ def main() -> None:
         r = measure(args.recipe, batch, length, args.repeats)
         rows.append(r)
         print(r, flush=True)
-    lines = [f"Machine: {machine()}.", f"Command: `{command()}`; medians of {args.repeats} runs after a warm-up, seconds.", "",
-             "| completion tokens | batch x (prompt + completion) | loss fwd+bwd | fused overhead | piggyback overhead | extra pass |",
-             "|---:|---|---:|---:|---:|---:|"]
+    lines = [f"Machine: {machine()}.", f"Command: `{command()}`; medians of {args.repeats} interleaved runs after a "
+             "warm-up, seconds.", "",
+             "| completion tokens | batch x (prompt + completion) | loss fwd+bwd | fused overhead (wall) | fused: reduction in the pass "
+             "| piggyback overhead (wall) | piggyback: reduction in the pass | extra pass |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         fused, pig = r["fused"] - r["loss"], r["piggyback"] - r["old_logp"]
         lines.append(f"| {r['length']} | {r['batch']} x ({r['prompt']} + {r['length']}) | {r['loss']:.2f} s | "
-                     f"{fused:+.3f} s ({100 * fused / r['loss']:+.1f} %) | {pig:+.3f} s ({100 * pig / r['loss']:+.1f} %) | "
+                     f"{fused:+.3f} s ({100 * fused / r['loss']:+.1f} %) | {r['fused_reduce']:.3f} s ({100 * r['fused_reduce'] / r['loss']:.1f} %) | "
+                     f"{pig:+.3f} s ({100 * pig / r['loss']:+.1f} %) | {r['piggyback_reduce']:.3f} s ({100 * r['piggyback_reduce'] / r['loss']:.1f} %) | "
                      f"{r['extra']:.2f} s ({100 * r['extra'] / r['loss']:.1f} %) |")
     lines += ["", "Shares are of the micro-batch's loss forward + backward; a full step adds generation (the largest "
-              "phase on CPU, `bench/step.py`) and the optimizer, so each path's share of a full step is smaller."]
+              "phase on CPU, `bench/step.py`) and the optimizer, so each path's share of a full step is smaller. "
+              "*Wall*: the variant's time minus the same pass without statistics (noisy: two medians of a shared "
+              "2-core machine). *Reduction in the pass*: the time the statistics' hooks spent reducing the captured "
+              "q/k (StatsAccumulator.reduce_time), the part of the overhead the capture itself adds."]
     table = "\n".join(lines)
     print(table)
     if args.write:
