@@ -1,6 +1,6 @@
 """What attention credit costs per path (fused, piggyback, extra early-exit pass), side by side.
 
-    python bench/credit_overhead.py [--lengths 64 1024 4096] [--batch 8] [--repeats 3] [--write]
+    python bench/credit_overhead.py [--lengths 96 1024 4096] [--batch 8] [--repeats 3] [--write [--section NAME]]
 
 On the embedded model with the main recipe's LoRA (r 16 on q/k/v/o, bf16), for a micro-batch of
 ``--batch`` sequences (the recipe's prompt length, completions of each length), it times:
@@ -142,6 +142,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--write", action="store_true")
+    p.add_argument("--section", default="credit_overhead", help="docs/benchmarks.md section that --write replaces")
     args = p.parse_args()
     rows = []
     for length in args.lengths:
@@ -168,7 +169,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section("credit_overhead", "## Credit overhead per path (`bench/credit_overhead.py`)\n\n" + table)
+        title = "" if args.section == "credit_overhead" else f" ({args.section})"
+        write_section(args.section, f"## Credit overhead per path{title} (`bench/credit_overhead.py`)\n\n" + table)
 
 
 if __name__ == "__main__":
