@@ -14,6 +14,7 @@ import os
 import time
 
 import torch
+from transformers import AutoTokenizer
 
 from rlattn.models import resolve_model
 from rlattn.rollouts.base import SamplingSpec
@@ -37,7 +38,8 @@ def main() -> None:
     path = resolve_model("embedded:smollm2-135m-instruct")
     _work()  # warm-up: the first loop of a process is slower
     print(f"no engine: loop {_work():.2f} s")
-    engine = VLLMCPUBackend(VLLMCPUConfig(model=path, max_model_len=512), eos_token_ids=[2]).start()
+    eos = AutoTokenizer.from_pretrained(path).eos_token_id
+    engine = VLLMCPUBackend(VLLMCPUConfig(model=path, max_model_len=512), eos_token_ids=[eos]).start()
     try:
         engine.generate([[1, 2, 3, 4, 5]] * 16, SamplingSpec(max_tokens=64, temperature=0.7))
         pid = engine._proc.pid

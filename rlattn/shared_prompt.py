@@ -30,6 +30,7 @@ TRL's own pass.
 from __future__ import annotations
 
 import torch
+from trl.trainer.utils import split_tensor_dict
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,15 +92,13 @@ def regroup_by_prompt(chunks: list[dict], generator: torch.Generator | None = No
     n = len(chunks)
     if n <= 1:
         return chunks
-    keys = chunks[0].keys()
     merged = {}
-    for key in keys:
-        vals = [c[key] for c in chunks]
-        v = vals[0]
+    for key, v in chunks[0].items():
+        parts = [c[key] for c in chunks]
         if isinstance(v, torch.Tensor) and v.ndim > 0:
-            merged[key] = torch.cat(vals)
+            merged[key] = torch.cat(parts)
         elif isinstance(v, list):
-            merged[key] = [x for part in vals for x in part]
+            merged[key] = [x for part in parts for x in part]
         else:
             merged[key] = v
     _, row_to_group = prompt_groups(merged["prompt_ids"], merged["prompt_mask"])  # [B]
@@ -108,17 +107,9 @@ def regroup_by_prompt(chunks: list[dict], generator: torch.Generator | None = No
         raise ValueError(f"cannot re-deal {B} rows into {n} equal micro-batches")
     group_rank = torch.randperm(U, generator=generator).to(row_to_group.device)  # [U] random group order
     order = torch.argsort(group_rank[row_to_group] * B + torch.arange(B, device=row_to_group.device))  # [B]
-    size = B // n
-    out = []
-    for i in range(n):
-        idx = order[i * size:(i + 1) * size]
-        chunk = {}
-        for key, v in merged.items():
-            if isinstance(v, torch.Tensor) and v.ndim > 0:
-                chunk[key] = v[idx]
-            elif isinstance(v, list):
-                chunk[key] = [v[j] for j in idx.tolist()]
-            else:
-                chunk[key] = v
-        out.append(chunk)
-    return out
+    for key, v in merged.items():
+        if isinstance(v, torch.Tensor) and v.ndim > 0:
+            merged[key] = v[order]
+        elif isinstance(v, list):
+            merged[key] = [v[j] for j in order.tolist()]
+    return split_tensor_dict(merged, n)  # TRL's own split, as it made ``chunks``
