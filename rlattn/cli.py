@@ -17,7 +17,7 @@ from rlattn.utils import normalise_argv, write_atomic
 
 logger = logging.getLogger("rlattn")
 
-__all__ = ["build_policy", "build_rewards", "load_policy", "load_train_dataset", "normalise_argv", "parse_grpo_args",
+__all__ = ["apply_cpu_precision", "build_policy", "build_rewards", "load_policy", "load_train_dataset", "normalise_argv", "parse_grpo_args",
            "resolve_checkpoint", "write_run_summary"]
 
 
@@ -42,10 +42,32 @@ def parse_grpo_args(argv: Sequence[str] | None = None, extra: Sequence[type] = (
         from rlattn.models import DEFAULT_MODEL
 
         model_args.model_name_or_path = DEFAULT_MODEL
+    apply_cpu_precision(training_args, model_args)
     for plug in parsed[3 : 3 + len(extra)]:
         if hasattr(plug, "check_against"):
             plug.check_against(training_args)
     return tuple(parsed[: 3 + len(extra)])
+
+
+def apply_cpu_precision(training_args, model_args) -> str | None:
+    """``cpu_precision: auto`` on a CPU without native kernels for the model's half dtype: load it in
+    float32 (the config has already turned bf16/fp16 autocast off for the same reason). Logs what it
+    changed and returns the half type given up (``training_args.cpu_precision_fallback``), or None.
+    Why: such a CPU runs bf16 matmuls ~100x slower than float32 (``rlattn.utils.cpu_has_native``)."""
+    from rlattn.utils import fast_cpu_dtype, runs_on_cpu
+
+    given_up = getattr(training_args, "cpu_precision_fallback", None)
+    dtype = getattr(model_args, "dtype", None)
+    if dtype and fast_cpu_dtype(dtype, getattr(training_args, "cpu_precision", "keep"),
+                                runs_on_cpu(getattr(training_args, "use_cpu", False))) != dtype:
+        model_args.dtype = "float32"
+        given_up = given_up or dtype
+        training_args.cpu_precision_fallback = given_up
+    if given_up:
+        logger.warning("rlattn: this CPU has no native %s kernels (no AVX-512/AMX; they run ~100x slower than float32 "
+                       "here): training in float32 (model dtype %s -> %s, bf16=%s, fp16=%s). cpu_precision: keep "
+                       "runs as configured.", given_up, dtype, model_args.dtype, training_args.bf16, training_args.fp16)
+    return given_up
 
 
 def load_policy(model_args, training_args=None):

@@ -372,8 +372,9 @@ def set_torch_threads(training_args) -> int | None:
     """
     import torch
 
-    on_cpu = getattr(training_args, "use_cpu", False) or not (torch.cuda.is_available() or _has_xpu_or_mps(torch))
-    if not on_cpu:
+    from rlattn.utils import runs_on_cpu
+
+    if not runs_on_cpu(getattr(training_args, "use_cpu", False)):
         return None
     n = int(getattr(training_args, "torch_threads", 0) or 0)
     if n == 0:
@@ -384,12 +385,6 @@ def set_torch_threads(training_args) -> int | None:
                     getattr(training_args, "torch_threads", 0), os.environ.get("OMP_NUM_THREADS"))
         torch.set_num_threads(n)
     return n
-
-
-def _has_xpu_or_mps(torch) -> bool:
-    xpu = getattr(torch, "xpu", None)
-    mps = getattr(getattr(torch, "backends", None), "mps", None)
-    return bool((xpu is not None and xpu.is_available()) or (mps is not None and mps.is_available()))
 
 
 def lock_output_dir(training_args, overwrite: bool = False) -> OutputDirLock | None:

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from rlattn.utils import CPU_PRECISIONS, fast_cpu_dtype, runs_on_cpu
+
 logger = logging.getLogger("rlattn")
 
 __all__ = ["DifficultyConfig", "filter_difficulty", "parse_difficulty_args", "pass_rate_histogram"]
@@ -50,6 +52,7 @@ class DifficultyConfig:
     prompt_template: str = field(default="chat", metadata=_h("Prompt template (rlattn.data.PROMPT_TEMPLATES): chat, chat_example, plain, r1."))
     model: str = field(default="embedded:smollm2-135m-instruct", metadata=_h("Model spec: embedded:<name>, tiny:<arch>, a checkpoint or adapter dir, a hub id."))
     dtype: str = field(default="bfloat16", metadata=_h("Model dtype for sampling."))
+    cpu_precision: str = field(default="auto", metadata=_h("On CPU: auto samples a bfloat16/float16 dtype in float32 when this CPU has no native kernels for it (~100x slower there; rlattn.utils.cpu_has_native) | keep: as configured."))
     k: int = field(default=8, metadata=_h("Completions sampled per problem (use your GRPO num_generations)."))
     temperature: float = field(default=0.7, metadata=_h("Sampling temperature (use your training temperature)."))
     top_p: float = field(default=1.0, metadata=_h("Nucleus sampling."))
@@ -70,6 +73,8 @@ class DifficultyConfig:
             raise ValueError(f"dataset_skip={self.dataset_skip!r} must be an integer >= 0")
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(f"backend={self.backend!r} is not one of transformers, vllm")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"cpu_precision={self.cpu_precision!r} is not one of {', '.join(CPU_PRECISIONS)}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(f"batch_size={self.batch_size!r} and max_new_tokens={self.max_new_tokens!r} must be >= 1")
 
@@ -105,13 +110,17 @@ def filter_difficulty(config: DifficultyConfig) -> dict:
     ds = load_dataset(config.dataset_name, split=config.dataset_split, template=config.prompt_template,
                       limit=limit, seed=config.dataset_seed)
     rows = [ds[i] for i in range(config.dataset_skip, len(ds))]
+    dtype = fast_cpu_dtype(config.dtype, config.cpu_precision, runs_on_cpu())
+    if dtype != config.dtype:
+        logger.warning("this CPU has no native %s kernels (~100x slower than float32 here): sampling in float32 "
+                       "(cpu_precision: keep runs %s)", config.dtype, config.dtype)
     if config.backend == "vllm":
-        engine = load_vllm_model(config.model, dtype=config.dtype, prompts=[r["prompt"] for r in rows],
+        engine = load_vllm_model(config.model, dtype=dtype, prompts=[r["prompt"] for r in rows],
                                  max_new_tokens=config.max_new_tokens, seed=config.seed)
         model, tokenizer = engine, engine.tokenizer
     else:
         engine = None
-        loaded = load_model_and_tokenizer(config.model, dtype=config.dtype)
+        loaded = load_model_and_tokenizer(config.model, dtype=dtype)
         model, tokenizer = loaded.model, loaded.tokenizer
     try:
         rates = _sample_and_grade(config, rows, model, tokenizer, AccuracyReward(fallback_last_number=config.lenient))

@@ -28,6 +28,7 @@ from typing import Sequence
 
 __all__ = ["BACKENDS", "GRADINGS", "PAPER_TABLES", "EvalConfig", "default_k_values", "parse_eval_args"]
 
+from rlattn.utils import CPU_PRECISIONS  # noqa: E402
 from rlattn.rollouts.names import BACKENDS  # noqa: E402  (the one list; ``vllm`` needs vllm installed: docs/evaluation.md)
 
 #: ``grading`` entries: strict = the last non-empty \boxed{} only; lenient = that, else the last number.
@@ -79,6 +80,7 @@ class EvalConfig:
     batch_size: int = field(default=16, metadata=_h("Responses generated per generate() call (problems x samples, left-padded)."))
     dtype: str = field(default="auto", metadata=_h("Model dtype: auto (the checkpoint's) | float32 | bfloat16 | float16."))
     device: str = field(default="auto", metadata=_h("auto (cuda when available, else cpu) | cpu | cuda | cuda:N."))
+    cpu_precision: str = field(default="auto", metadata=_h("On CPU: auto evaluates a bfloat16/float16 dtype in float32 when this CPU has no native kernels for it (oneDNN needs AVX-512; on an AVX2-only EPYC bf16 matmuls ran ~100x slower than float32) | keep: as configured."))
     attn_implementation: str = field(default="sdpa", metadata=_h("Attention kernel for generation: sdpa | eager | flash_attention_2."))
     torch_threads: int | None = field(default=None, metadata=_h("CPU threads for torch (None: torch's default). On a CPU shared with other jobs, 1 avoids thread oversubscription, which was measured to slow decoding over 10x."))
 
@@ -135,6 +137,8 @@ class EvalConfig:
             raise ValueError(f"backend={self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"cpu_precision={self.cpu_precision!r} is not one of {', '.join(CPU_PRECISIONS)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
         if isinstance(self.bootstrap_resamples, bool) or not isinstance(self.bootstrap_resamples, int) or self.bootstrap_resamples < 2000:

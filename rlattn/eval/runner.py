@@ -196,6 +196,18 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _effective_dtype(config: EvalConfig, device: str) -> str:
+    """``config.dtype``, or float32 where ``cpu_precision: auto`` finds no native kernels for it on this CPU
+    (``rlattn.utils.cpu_has_native``: bf16 matmuls ~100x slower than float32 there)."""
+    from rlattn.utils import fast_cpu_dtype
+
+    if fast_cpu_dtype(config.dtype, config.cpu_precision, device == "cpu") != config.dtype:
+        logger.warning("this CPU has no native %s kernels (no AVX-512/AMX; ~100x slower than float32 here): "
+                       "evaluating in float32 (cpu_precision: keep runs %s)", config.dtype, config.dtype)
+        return "float32"
+    return config.dtype
+
+
 def _labels(config: EvalConfig) -> list[str]:
     if config.model_labels is not None:
         return list(config.model_labels)
@@ -261,6 +273,7 @@ def evaluate(
     gradings = config.gradings()
     counts = {"reused": 0, "generated": 0}
     device = _device(config.device)
+    dtype = _effective_dtype(config, device)
     if config.torch_threads is not None:
         import torch
 
@@ -287,13 +300,13 @@ def evaluate(
                 # an engine process per model, sized for the prompts it will see; closed below
                 loaded = load_vllm_model(
                     spec,
-                    dtype=config.dtype,
+                    dtype=dtype,
                     prompts=[row["prompt"] for missing in todo.values() for row, _ in missing],
                     max_new_tokens=config.max_new_tokens,
                     seed=config.seed,
                 )
             else:
-                loaded = load_eval_model(spec, dtype=config.dtype, device=device, attn_implementation=config.attn_implementation)
+                loaded = load_eval_model(spec, dtype=dtype, device=device, attn_implementation=config.attn_implementation)
             info.update(loaded.info(), label=label)
             try:
                 for name, missing in todo.items():

@@ -121,7 +121,9 @@ def test_loss_types_take_token_advantages(tmp_path, loss_type):
 
 
 def test_bf16_training_with_credit(tmp_path):
-    trainer = train(tmp_path, credit_strategy="coupled", bf16=True, max_steps=1)
+    # keep: bf16 autocast even on a CPU without native bf16 kernels (cpu_precision auto would turn it off there)
+    trainer = train(tmp_path, credit_strategy="coupled", bf16=True, cpu_precision="keep", max_steps=1)
+    assert trainer.args.bf16 and trainer.args.cpu_precision_fallback is None
     assert trainer.last_credit["gamma"].dtype == torch.float32
     assert all(math.isfinite(l) for l in losses(trainer))
 
