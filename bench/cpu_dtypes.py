@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import command, machine, write_section  # noqa: E402
 
-from rlattn.utils import cpu_has_native  # noqa: E402
+from rlattn.utils import cpu_has_native, fast_cpu_dtype  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -62,7 +62,7 @@ def main() -> None:
     for name in DTYPES:
         native = cpu_has_native(name)
         rows.append(f"| {name} | {rates[name]:.1f} | {rates[name] / rates['float32']:.3f}x | {'yes' if native else 'no'} "
-                    f"| {name if native else 'float32'} |")
+                    f"| {fast_cpu_dtype(name)} |")
     cpu_id = re.sub(r"\s+", " ", machine())
     body = (f"Machine: {cpu_id}; CPU flags: {cpu_flags()}.\n"
             f"Command: `{command()}`; {args.size} x {args.size} matmuls, torch's CPU threads.\n\n" + "\n".join(rows))

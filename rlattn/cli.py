@@ -54,7 +54,7 @@ def apply_cpu_precision(training_args, model_args) -> str | None:
     float32 (the config has already turned bf16/fp16 autocast off for the same reason). Logs what it
     changed and returns the half type given up (``training_args.cpu_precision_fallback``), or None.
     Why: such a CPU runs bf16 matmuls ~100x slower than float32 (``rlattn.utils.cpu_has_native``)."""
-    from rlattn.utils import fast_cpu_dtype, runs_on_cpu
+    from rlattn.utils import fast_cpu_dtype, runs_on_cpu, warn_cpu_fallback
 
     given_up = getattr(training_args, "cpu_precision_fallback", None)
     dtype = getattr(model_args, "dtype", None)
@@ -64,9 +64,8 @@ def apply_cpu_precision(training_args, model_args) -> str | None:
         given_up = given_up or dtype
         training_args.cpu_precision_fallback = given_up
     if given_up:
-        logger.warning("rlattn: this CPU has no native %s kernels (no AVX-512/AMX; they run ~100x slower than float32 "
-                       "here): training in float32 (model dtype %s -> %s, bf16=%s, fp16=%s). cpu_precision: keep "
-                       "runs as configured.", given_up, dtype, model_args.dtype, training_args.bf16, training_args.fp16)
+        warn_cpu_fallback(given_up, f"training (model dtype {dtype} -> {model_args.dtype}, bf16={training_args.bf16}, "
+                                    f"fp16={training_args.fp16})")
     return given_up
 
 

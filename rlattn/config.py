@@ -16,7 +16,7 @@ from trl import GRPOConfig
 from rlattn.credit.attention_stats import HEAD_SELECTIONS, AttentionStatsConfig
 from rlattn.credit.config import SELECTS
 from rlattn.rollouts.names import BACKENDS, LORA_HANDOVERS
-from rlattn.utils import CPU_PRECISIONS, fast_cpu_dtype, runs_on_cpu
+from rlattn.utils import CPU_PRECISIONS, check_cpu_precision, fast_cpu_dtype, runs_on_cpu
 
 
 def _h(text: str) -> dict:
@@ -110,11 +110,10 @@ class AttnCreditConfig(GRPOConfig):
 
     # --- CPU runtime ---
     torch_threads: int = field(default=0, metadata=_h("CPU runs: torch's intra-op threads per process (0: the cores this process may use divided by the processes on this machine). `accelerate launch` without --cpu exports OMP_NUM_THREADS=1: on 2 cores the main recipe's first step took 78 s on one thread, 32 s on two."))
-    cpu_precision: str = field(default="auto", metadata=_h(f"CPU runs: {' | '.join(CPU_PRECISIONS)}: auto trains in float32 (bf16/fp16 off; the model's bfloat16/float16 dtype becomes float32) when this CPU has no native kernels for the half type asked for (oneDNN needs AVX-512: on an AVX2-only EPYC bf16 matmuls ran at 0.94 GFLOPS against 125 in float32, ~100x slower); keep: as configured."))
+    cpu_precision: str = field(default="auto", metadata=_h(f"CPU runs: {' | '.join(CPU_PRECISIONS)}: auto trains in float32 (bf16/fp16 off; the model's bfloat16/float16 dtype becomes float32) when this CPU has no native kernels for the half type asked for (oneDNN needs AVX-512: on an AVX2-only EPYC bf16 matmuls ran at 1.0 GFLOPS against 159 in float32, bench/cpu_dtypes.py); keep: as configured."))
 
     def __post_init__(self):
-        if self.cpu_precision not in CPU_PRECISIONS:
-            raise ValueError(f"cpu_precision={self.cpu_precision!r} is not one of {', '.join(map(repr, CPU_PRECISIONS))}")
+        check_cpu_precision(self.cpu_precision)
         #: the half type given up for float32 on this CPU (cpu_precision=auto), else None; parse_grpo_args
         #: applies the same to the model's dtype and says so
         self.cpu_precision_fallback = None

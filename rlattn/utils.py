@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -70,8 +71,14 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         os.close(fd)
 
 
-#: The choices of the ``cpu_precision`` key (training and evaluation configs).
+#: The choices of the ``cpu_precision`` key (training, evaluation and difficulty-filter configs).
 CPU_PRECISIONS = ("auto", "keep")
+
+
+def check_cpu_precision(value: str) -> None:
+    """Raise ValueError naming the key, the value and the choices unless ``value`` is one of :data:`CPU_PRECISIONS`."""
+    if value not in CPU_PRECISIONS:
+        raise ValueError(f"cpu_precision={value!r} is not one of {', '.join(map(repr, CPU_PRECISIONS))}")
 
 
 def runs_on_cpu(use_cpu: bool = False) -> bool:
@@ -92,9 +99,9 @@ def cpu_has_native(dtype: str) -> bool:
     name: True).
 
     Why: torch runs bf16/fp16 matmuls through oneDNN only on CPUs with AVX-512 (or AMX); elsewhere it falls
-    back to scalar kernels. Measured on a 2-core AVX2-only AMD EPYC, torch 2.13: a 1024 x 1024 matmul at
-    0.94 GFLOPS in bfloat16 and 125 GFLOPS in float32, so a bf16 recipe ran ~100x slower there than in
-    float32, while on the AVX-512 BF16 machine the recipes were tuned on bf16 is 1.55x faster than fp32.
+    back to scalar kernels. Measured on a 2-core AVX2-only AMD EPYC, torch 2.13 (``bench/cpu_dtypes.py``): a
+    1024 x 1024 matmul at 1.0 GFLOPS in bfloat16 and 159 in float32, so a bf16 recipe would run ~100x slower
+    there than in float32, while on the AVX-512 BF16 machine the recipes were tuned on bf16 is 1.55x faster than fp32.
     """
     if dtype not in ("bfloat16", "float16"):
         return True
@@ -111,10 +118,20 @@ def cpu_has_native(dtype: str) -> bool:
         return bool({"avx512_bf16", "amx_bf16"} & flags) if dtype == "bfloat16" else bool({"avx512_fp16", "amx_fp16"} & flags)
 
 
-def fast_cpu_dtype(dtype: str, cpu_precision: str = "auto", on_cpu: bool = True) -> str:
+def fast_cpu_dtype(dtype: str, cpu_precision: str = "auto", on_cpu: bool = True, doing: str | None = None) -> str:
     """``dtype``, or ``"float32"`` when ``cpu_precision`` is ``"auto"``, the work runs on the CPU and this CPU
     has no native kernels for ``dtype`` (:func:`cpu_has_native`): the one rule behind the ``cpu_precision``
-    key of the training, evaluation and difficulty-filter configs."""
+    key of the training, evaluation and difficulty-filter configs. With ``doing`` ("training", ...), a
+    change is logged as a warning that names it and ``cpu_precision: keep``."""
     if cpu_precision == "auto" and on_cpu and not cpu_has_native(dtype):
+        if doing:
+            warn_cpu_fallback(dtype, doing)
         return "float32"
     return dtype
+
+
+def warn_cpu_fallback(dtype: str, doing: str) -> None:
+    """The one warning of a ``cpu_precision: auto`` fallback: what was given up, for what, and how to keep it."""
+    logging.getLogger("rlattn").warning(
+        "this CPU has no native %s kernels (no AVX-512/AMX; ~100x slower than float32 here): %s in float32 "
+        "(cpu_precision: keep runs %s)", dtype, doing, dtype)

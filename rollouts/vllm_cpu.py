@@ -108,9 +108,9 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _engine_main(conn, cfg: dict, parent: int | None = None):
-    """Child process: start vllm.LLM, then serve requests until 'close' or the parent is gone."""
-    parent = os.getppid() if parent is None else parent
+def _engine_main(conn, cfg: dict, parent: int):
+    """Child process (``parent``: the trainer's pid): start vllm.LLM, then serve requests until 'close' or
+    the parent is gone."""
     _die_with_parent(parent)
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg["kvcache_space_gb"]).rstrip("0").rstrip(".") or "1"
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from rlattn.utils import CPU_PRECISIONS, fast_cpu_dtype, runs_on_cpu
+from rlattn.utils import check_cpu_precision, fast_cpu_dtype, runs_on_cpu
 
 logger = logging.getLogger("rlattn")
 
@@ -73,8 +73,7 @@ class DifficultyConfig:
             raise ValueError(f"dataset_skip={self.dataset_skip!r} must be an integer >= 0")
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(f"backend={self.backend!r} is not one of transformers, vllm")
-        if self.cpu_precision not in CPU_PRECISIONS:
-            raise ValueError(f"cpu_precision={self.cpu_precision!r} is not one of {', '.join(CPU_PRECISIONS)}")
+        check_cpu_precision(self.cpu_precision)
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(f"batch_size={self.batch_size!r} and max_new_tokens={self.max_new_tokens!r} must be >= 1")
 
@@ -110,10 +109,7 @@ def filter_difficulty(config: DifficultyConfig) -> dict:
     ds = load_dataset(config.dataset_name, split=config.dataset_split, template=config.prompt_template,
                       limit=limit, seed=config.dataset_seed)
     rows = [ds[i] for i in range(config.dataset_skip, len(ds))]
-    dtype = fast_cpu_dtype(config.dtype, config.cpu_precision, runs_on_cpu())
-    if dtype != config.dtype:
-        logger.warning("this CPU has no native %s kernels (~100x slower than float32 here): sampling in float32 "
-                       "(cpu_precision: keep runs %s)", config.dtype, config.dtype)
+    dtype = fast_cpu_dtype(config.dtype, config.cpu_precision, runs_on_cpu(), doing="sampling")
     if config.backend == "vllm":
         engine = load_vllm_model(config.model, dtype=dtype, prompts=[r["prompt"] for r in rows],
                                  max_new_tokens=config.max_new_tokens, seed=config.seed)

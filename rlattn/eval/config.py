@@ -28,7 +28,7 @@ from typing import Sequence
 
 __all__ = ["BACKENDS", "GRADINGS", "PAPER_TABLES", "EvalConfig", "default_k_values", "parse_eval_args"]
 
-from rlattn.utils import CPU_PRECISIONS  # noqa: E402
+from rlattn.utils import check_cpu_precision  # noqa: E402
 from rlattn.rollouts.names import BACKENDS  # noqa: E402  (the one list; ``vllm`` needs vllm installed: docs/evaluation.md)
 
 #: ``grading`` entries: strict = the last non-empty \boxed{} only; lenient = that, else the last number.
@@ -137,8 +137,7 @@ class EvalConfig:
             raise ValueError(f"backend={self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16")
-        if self.cpu_precision not in CPU_PRECISIONS:
-            raise ValueError(f"cpu_precision={self.cpu_precision!r} is not one of {', '.join(CPU_PRECISIONS)}")
+        check_cpu_precision(self.cpu_precision)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
         if isinstance(self.bootstrap_resamples, bool) or not isinstance(self.bootstrap_resamples, int) or self.bootstrap_resamples < 2000:

@@ -201,11 +201,7 @@ def _effective_dtype(config: EvalConfig, device: str) -> str:
     (``rlattn.utils.cpu_has_native``: bf16 matmuls ~100x slower than float32 there)."""
     from rlattn.utils import fast_cpu_dtype
 
-    if fast_cpu_dtype(config.dtype, config.cpu_precision, device == "cpu") != config.dtype:
-        logger.warning("this CPU has no native %s kernels (no AVX-512/AMX; ~100x slower than float32 here): "
-                       "evaluating in float32 (cpu_precision: keep runs %s)", config.dtype, config.dtype)
-        return "float32"
-    return config.dtype
+    return fast_cpu_dtype(config.dtype, config.cpu_precision, device == "cpu", doing="evaluating")
 
 
 def _labels(config: EvalConfig) -> list[str]:

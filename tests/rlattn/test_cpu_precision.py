@@ -1,6 +1,6 @@
 """``cpu_precision``: on a CPU without native bf16/fp16 kernels the recipes' half precision runs ~100x
-slower than float32 (measured: a 1024² matmul at 0.94 GFLOPS in bf16, 125 in fp32, on an AVX2-only
-EPYC), so ``auto`` trains, evaluates and filters in float32 there; ``keep`` leaves the config alone.
+slower than float32 (measured: a 1024² matmul at 1.0 GFLOPS in bf16, 159 in fp32, on an AVX2-only
+EPYC; bench/cpu_dtypes.py), so ``auto`` trains, evaluates and filters in float32 there; ``keep`` leaves the config alone.
 
 The CPU's answer is patched both ways (``rlattn.utils.cpu_has_native``), so every rule is checked on
 any machine; one test reads the real answer and only checks that it is a plain bool."""
