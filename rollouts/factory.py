@@ -165,6 +165,8 @@ def resolve_rollout(training_args, model_path: str | None = None):
         opts["max_model_len"] = int(max_len)
     opts["seed"] = int(getattr(training_args, "seed", 0))
     opts["lora_handover"] = getattr(training_args, "rollout_vllm_lora_handover", "merged")
+    opts["kvcache_space_gb"] = int(getattr(training_args, "rollout_vllm_kvcache_gb", 1))
+    opts["pause_when_idle"] = bool(getattr(training_args, "rollout_vllm_pause_idle", True))
     if getattr(training_args, "cpu_precision_fallback", None):  # no native bf16 kernels here (rlattn.cli.apply_cpu_precision)
         opts["dtype"] = "float32"
     return make_rollout_func("vllm", model_path=model_path, **opts)

@@ -79,6 +79,19 @@ def test_bad_rollout_option_names_the_key(key, value):
         parse_grpo_args([str(ROOT / "recipes/anchor_credit.yaml"), f"--{key}", value])
 
 
+def test_vllm_engine_keys_reach_the_engine_config(monkeypatch):
+    import rlattn.rollouts.vllm_cpu as vllm_cpu
+    from rlattn.rollouts.factory import resolve_rollout
+
+    with pytest.raises(ValueError, match="rollout_vllm_kvcache_gb=0 must be a whole number of GiB >= 1"):
+        parse_grpo_args([str(ROOT / "recipes/anchor_credit.yaml"), "--rollout_vllm_kvcache_gb", "0"])
+    monkeypatch.setattr(vllm_cpu, "vllm_available", lambda: (True, "stand-in"))  # no engine starts here
+    for extra, want in (([], (1, True)), (["--rollout_vllm_kvcache_gb", "3", "--rollout_vllm_pause_idle", "false"], (3, False))):
+        _, args, _ = parse_grpo_args([str(ROOT / "recipes/anchor_credit.yaml"), "--rollout_backend", "vllm", *extra])
+        opts = resolve_rollout(args).engine_options
+        assert (opts["kvcache_space_gb"], opts["pause_when_idle"]) == want
+
+
 @pytest.mark.parametrize("key,value,match", [("backbone", "coconut", "backbone='coconut'"),
                                              ("latent_mode", "slow", "latent_mode='slow'"),
                                              ("latent_image_size", "30", "latent_image_size=30")])

@@ -11,6 +11,7 @@ agree within LOGP_ATOL (absolute, per token) between the engine and the trainer'
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,22 @@ def model_logps(model, prompt, completion):
 
 def test_engine_starts_and_reports(engine):
     assert engine.alive and engine.start_s > 0 and engine.max_model_len == 512
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_engine_is_stopped_between_requests(engine, tok):
+    """pause_when_idle (default): the engine process is stopped while the trainer works and serves
+    each request, also after a pause longer than a typical loss phase."""
+    assert _state(engine._proc.pid) == "T"
+    ids = chat_ids(tok, QUESTIONS[:1])
+    first = engine.generate(ids, SamplingSpec(max_tokens=4, temperature=0.0))
+    assert _state(engine._proc.pid) == "T"
+    time.sleep(20)
+    again = engine.generate(ids, SamplingSpec(max_tokens=4, temperature=0.0))
+    assert again.completion_ids == first.completion_ids and _state(engine._proc.pid) == "T"
 
 
 def test_greedy_matches_hf_greedy_and_logprobs(engine, hf_model, tok):
