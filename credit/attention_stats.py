@@ -206,10 +206,14 @@ class _LayerReducer:
 
     def _reduce(self, layer: int, q: torch.Tensor, k: torch.Tensor, scaling: float) -> None:
         cfg, B, N = self.cfg, self.B, self.N
-        _, H, _, D = q.shape
+        _, H, Nq, D = q.shape
         KV = k.shape[1]
-        if q.shape[0] != B or q.shape[2] != N:
-            raise ValueError(f"captured query of layer {layer} has shape {tuple(q.shape)}, expected [B={B}, H, N={N}, D]")
+        # q may hold only the last Nq positions (a pass on top of a cached prompt prefix, whose keys
+        # come from the cache): only response rows are read, so they must all be among them
+        q_off = N - Nq
+        if q.shape[0] != B or k.shape[0] != B or k.shape[2] != N or not 0 <= q_off <= self.first_row:
+            raise ValueError(f"captured query/key of layer {layer} have shapes {tuple(q.shape)}/{tuple(k.shape)}, expected "
+                             f"[B={B}, H, N' >= {N - self.first_row}, D] / [B, KV, N={N}, D]")
         G = H // KV
         dev = q.device
         if self.span_sum is None:
@@ -218,7 +222,7 @@ class _LayerReducer:
             self.fai_h = torch.zeros(B, self.n_sel, H, N, device=dev)
         i = self.slot.setdefault(layer, len(self.slot))
         W, (h_lo, h_hi) = cfg.window, cfg.fai_horizon
-        q = q.detach().float().view(B, KV, G, N, D)  # [B, KV, G, N, D]
+        q = q.detach().float().view(B, KV, G, Nq, D)  # [B, KV, G, Nq, D]: positions q_off .. N-1
         k = k.detach().float()  # [B, KV, N, D]
         key_mask = self.key_mask.to(dev)
         resp = self.resp.to(dev)
@@ -233,7 +237,7 @@ class _LayerReducer:
             t1 = min(t0 + chunk, N)
             C = t1 - t0
             rows = torch.arange(t0, t1, device=dev)  # [C]
-            scores = torch.matmul(q[:, :, :, t0:t1], k[:, :, None, :t1].transpose(-1, -2))  # [B, KV, G, C, t1]
+            scores = torch.matmul(q[:, :, :, t0 - q_off:t1 - q_off], k[:, :, None, :t1].transpose(-1, -2))  # [B, KV, G, C, t1]
             scores = scores.view(B, H, C, t1).mul_(scaling)  # [B, H, C, t1]
             valid = (torch.arange(t1, device=dev)[None, :] <= rows[:, None])[None] & key_mask[:, None, :t1]  # [B, C, t1]
             scores.masked_fill_(~valid[:, None], float("-inf"))

@@ -21,13 +21,19 @@ holds ~4 prompts of ~2 rows each; :func:`regroup_by_prompt` (``shuffle_by_prompt
 micro-batches by prompt group instead, so one of ``num_generations`` rows holds one prompt and the
 prefix runs once per micro-batch.
 
-Used by :class:`rlattn.trainer.AttnCreditGRPOTrainer` when ``share_prompt_prefix`` is on, for
-passes that capture no attention statistics (a capture needs the whole row in one pass), on
+Used by :class:`rlattn.trainer.AttnCreditGRPOTrainer` when ``share_prompt_prefix`` is on, on
 text-only batches and without gradient checkpointing (which drops the cache); anything else runs
-TRL's own pass.
+TRL's own pass. A pass that captures attention statistics (the fused loss forward, the piggybacked
+old-log-prob pass) shares too: the capture pauses during the prefix pass, and in the rows' pass
+each selected layer's attention sees the completion's queries and the whole row's keys (the
+prefix's from the cache), which is all the statistics read (their query rows are response rows;
+credit/attention_stats.py). Only a capture with a user observer (which is promised whole-row
+``q``) runs TRL's whole-row pass.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from trl.trainer.utils import split_tensor_dict
@@ -51,19 +57,22 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[
 
 
 def shared_prompt_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                        compute_entropy: bool, autocast, groups: tuple[torch.Tensor, torch.Tensor] | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        compute_entropy: bool, autocast, groups: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        prefix_context=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (and entropies) of the last ``logits_to_keep`` tokens, as TRL's
     ``_get_per_token_logps_and_entropies`` returns them for one chunk, with each distinct prompt run
     once. ``input_ids``/``attention_mask``: ``[B, P + C]`` with ``C = logits_to_keep``; ``model``
     carries TRL's fused LM head. ``autocast``: the accelerator's autocast context factory.
     ``groups``: :func:`prompt_groups` of the chunk's prompt columns, when the caller has them.
+    ``prefix_context``: a context manager factory entered around the prefix pass only (an attention
+    capture pauses there: the rows' pass sees the prefix's keys through the cache).
     """
     P = input_ids.size(1) - logits_to_keep
     first, row_to_group = groups or prompt_groups(input_ids[:, :P], attention_mask[:, :P])  # [U], [B]
     with autocast():
-        prefix = model(input_ids=input_ids[first, : P - 1], attention_mask=attention_mask[first, : P - 1],
-                       use_cache=True, logits_to_keep=1)
+        with prefix_context():
+            prefix = model(input_ids=input_ids[first, : P - 1], attention_mask=attention_mask[first, : P - 1],
+                           use_cache=True, logits_to_keep=1)
         cache = prefix.past_key_values
         cache.batch_select_indices(row_to_group)  # [U, ...] -> [B, ...]; gradients sum back to each prompt
         suffix_ids = input_ids[:, P - 1:]  # [B, 1 + C]: the last prompt token predicts the first completion token

@@ -19,6 +19,9 @@ Where the statistics come from (``credit/extra_forward`` is 0 or 1 per generatio
   from the rollout policy's; ``credit_fused: false``; a subclass that turns fusion off): one pass
   through TRL's own chunked forward that stops after the last selected layer.
 
+With ``share_prompt_prefix`` the fused and piggyback captures ride on the shared-prompt pass (each
+prompt's prefix once per micro-batch, rlattn/shared_prompt.py): equal statistics up to round-off.
+
 Every pass goes through TRL's ``_get_per_token_logps_and_entropies``, so it gets every model input
 TRL gives the policy (pixel values, image sizes and grids, multi-image prompts, pixel attention
 masks, token types), sliced per micro-batch by TRL's own code. Strategies declare what they need
@@ -36,6 +39,7 @@ the fused path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -262,19 +266,43 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
         want = compute_entropy or cap.want_entropy
         if cap.attention and cap.skip_if_inert and self._inert_without_fai(attention_mask[:, -logits_to_keep:].bool()):
             cap.attention = False  # no completion is longer than H_lo: γ = 1 whatever the statistics, so capture nothing
+        # a capture rides on the shared-prompt pass too (rlattn/shared_prompt.py), unless an observer wants whole rows
+        share = cap.observer is None and not cap.stop_early and self._can_share_prompt(input_ids, logits_to_keep, args, kwargs)
         if not cap.attention:
-            out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
-                                                             want, *args, **kwargs)
+            if share:
+                out = self._shared_prompt_pass(model, input_ids, attention_mask, logits_to_keep, batch_size, want)
+            else:
+                out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                                                 want, *args, **kwargs)
         else:
             am = attention_mask.bool()  # [B, P+T]
             resp = am.clone()
             resp[:, : input_ids.size(1) - logits_to_keep] = False  # [B, P+T] completion columns only
             cap.stats = StatsAccumulator(self.stats_config, self._credit_layers, am, _nonempty(resp))
             callback = cap.stats.callback if cap.observer is None else cap.stats.callback_with(cap.observer)
-            with capture_qk(model, self._credit_layers, callback, stop_after_last=cap.stop_early):
-                out = super()._get_per_token_logps_and_entropies(
-                    _EarlyExit(model) if cap.stop_early else model, input_ids, attention_mask, logits_to_keep, batch_size,
-                    want, *args, **kwargs)
+            if share:
+                live = [True]  # off during each prefix pass: its keys reach the rows' pass through the cache
+
+                @contextlib.contextmanager
+                def prefix_pass():
+                    live[0] = False
+                    try:
+                        yield
+                    finally:
+                        live[0] = True
+
+                def rows_only(layer, q, k, scaling):
+                    if live[0]:
+                        callback(layer, q, k, scaling)
+
+                with capture_qk(model, self._credit_layers, rows_only, stop_after_last=False):
+                    out = self._shared_prompt_pass(model, input_ids, attention_mask, logits_to_keep, batch_size, want,
+                                                   prefix_context=prefix_pass)
+            else:
+                with capture_qk(model, self._credit_layers, callback, stop_after_last=cap.stop_early):
+                    out = super()._get_per_token_logps_and_entropies(
+                        _EarlyExit(model) if cap.stop_early else model, input_ids, attention_mask, logits_to_keep, batch_size,
+                        want, *args, **kwargs)
         logps, entropies, aux = out
         cap.entropies = None if entropies is None else entropies.detach()
         cap.ran = True
@@ -290,7 +318,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 and self.accelerator.num_processes == 1 and not self.args.gradient_checkpointing
                 and input_ids.size(1) - logits_to_keep >= 2)
 
-    def _shared_prompt_pass(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy):
+    def _shared_prompt_pass(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                            prefix_context=contextlib.nullcontext):
         """TRL's chunked log-prob pass, each chunk with one prefix pass per distinct prompt; a chunk
         whose prompts are all distinct has nothing to share and runs TRL's whole-row pass."""
         batch_size = batch_size or input_ids.size(0)
@@ -303,7 +332,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 lp, ent, _ = super()._get_per_token_logps_and_entropies(model, ids, am, logits_to_keep, None, compute_entropy)
             else:
                 lp, ent = shared_prompt_logps(model, ids, am, logits_to_keep, compute_entropy, self.accelerator.autocast,
-                                              groups=groups)
+                                              groups=groups, prefix_context=prefix_context)
             logps.append(lp)
             entropies.append(ent)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None

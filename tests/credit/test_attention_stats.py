@@ -267,3 +267,33 @@ def test_statistics_stay_fp32_and_exact_under_bf16_autocast():
     assert auto.waad.dtype == torch.float32 and auto.fai.dtype == torch.float32 and auto.head_span.dtype == torch.float32
     # the forward itself runs in bf16 under autocast, so q/k differ slightly; the reduction is fp32
     torch.testing.assert_close(auto.waad, plain.waad, atol=0.1, rtol=0)
+
+
+def test_reducer_reads_queries_of_the_last_positions_only():
+    """A pass on top of a cached prompt prefix gives the reducer the suffix's queries and the whole
+    row's keys; the statistics equal those from whole-row queries (the response rows are all it reads),
+    and queries that miss a response row are refused."""
+    from rlattn.credit.attention_stats import AttentionStatsConfig, StatsAccumulator
+
+    torch.manual_seed(0)
+    B, H, KV, N, D, P = 3, 4, 2, 14, 8, 6
+    q, k = torch.randn(B, H, N, D), torch.randn(B, KV, N, D)
+    am = torch.ones(B, N, dtype=torch.bool)
+    am[0, :2] = False  # left padding in one row
+    resp = am.clone()
+    resp[:, :P] = False
+    cfg = AttentionStatsConfig(window=3, fai_horizon=(2, 6))
+    stats = []
+    for start in (0, P - 1, P):  # whole rows, the shared pass's suffix (last prompt token on), responses only
+        acc = StatsAccumulator(cfg, [0, 1], am, resp)
+        for layer in (0, 1):
+            acc.callback(layer, q[:, :, start:] * (layer + 1), k, 0.3)
+        stats.append(acc.result())
+    for other in stats[1:]:
+        for key in ("waad", "fai"):
+            torch.testing.assert_close(getattr(other, key)[resp], getattr(stats[0], key)[resp], atol=1e-6, rtol=0,
+                                       equal_nan=True)
+        assert torch.equal(other.local_heads, stats[0].local_heads) and torch.equal(other.global_heads, stats[0].global_heads)
+    acc = StatsAccumulator(cfg, [0, 1], am, resp)
+    with pytest.raises(ValueError, match="expected"):
+        acc.callback(0, q[:, :, P + 1:], k, 0.3)

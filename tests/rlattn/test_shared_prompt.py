@@ -1,5 +1,6 @@
 """One prefix pass per distinct prompt (rlattn/shared_prompt.py) equals TRL's pass over whole rows:
-log-probs, entropies and gradients, for full fine-tuning and LoRA, on left-padded prompts."""
+log-probs, entropies and gradients, for full fine-tuning and LoRA, on left-padded prompts; and the
+attention statistics captured on it equal those of whole rows."""
 
 import pytest
 import torch
@@ -84,8 +85,9 @@ def test_shared_pass_equals_whole_rows(arch, lora):
 
 
 def test_trainer_loss_and_gradients_equal_with_and_without_sharing(tmp_path, monkeypatch):
-    """The piggyback layout (num_iterations 2): the old-log-prob pass captures statistics over whole
-    rows, the loss pass shares prompts; loss and gradients equal the unshared trainer's."""
+    """The piggyback layout (num_iterations 2): the old-log-prob pass captures the statistics on the
+    shared pass, and the loss pass shares prompts; statistics, loss and gradients equal the unshared
+    trainer's."""
     import rlattn.trainer as core
 
     calls = []
@@ -98,15 +100,21 @@ def test_trainer_loss_and_gradients_equal_with_and_without_sharing(tmp_path, mon
         assert trainer.credit_path() == "piggyback"
         n_before = len(calls)
         out = trainer._generate_and_score_completions([toy_dataset()[i] for i in (0, 0, 1, 1)])  # prompts repeat
-        assert len(calls) == n_before  # the captured old-log-prob pass runs whole rows
-        assert trainer.last_credit["path"] == "piggyback"
+        assert len(calls) == n_before + int(share)  # the captured old-log-prob pass shares the prompts too
+        credit = trainer.last_credit
+        assert credit["path"] == "piggyback"
         trainer.model.zero_grad(set_to_none=True)
         loss = trainer._compute_loss(trainer.model, _clone(out))
         loss.backward()
-        assert len(calls) == n_before + int(share)
-        results.append((out, loss.detach(), _grads(trainer.model)))
-    (out0, loss0, g0), (out1, loss1, g1) = results
+        assert len(calls) == n_before + 2 * int(share)
+        results.append((out, loss.detach(), _grads(trainer.model), credit))
+    (out0, loss0, g0, c0), (out1, loss1, g1, c1) = results
     torch.testing.assert_close(out1["completion_ids"], out0["completion_ids"], atol=0, rtol=0)  # same rollouts
+    mask = c0["mask"]
+    for key in ("waad", "fai"):
+        torch.testing.assert_close(c1[key][mask], c0[key][mask], atol=1e-5, rtol=0, equal_nan=True, msg=key)
+    torch.testing.assert_close(c1["gamma"], c0["gamma"], atol=1e-6, rtol=0)
+    assert (c0["gamma"][mask] > 1).any()  # not vacuous: credit changed some tokens
     torch.testing.assert_close(out1["advantages"], out0["advantages"], atol=1e-6, rtol=0)
     assert out0["advantages"].abs().sum() > 0  # not vacuous: the loss has gradients to compare
     torch.testing.assert_close(loss1, loss0, atol=1e-6, rtol=0)
@@ -115,16 +123,66 @@ def test_trainer_loss_and_gradients_equal_with_and_without_sharing(tmp_path, mon
         torch.testing.assert_close(g1[name], g0[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("kw", [dict(gradient_checkpointing=True, credit_strategy="uniform"), dict()],
-                         ids=["grad_ckpt", "fused_capture"])
+@pytest.mark.parametrize("kw", [dict(gradient_checkpointing=True, credit_strategy="uniform"), dict(gradient_checkpointing=True)],
+                         ids=["grad_ckpt", "grad_ckpt_fused_capture"])
 def test_whole_rows_where_sharing_cannot_apply(tmp_path, monkeypatch, kw):
     import rlattn.trainer as core
 
     monkeypatch.setattr(core, "shared_prompt_logps", lambda *a, **k: pytest.fail("shared pass ran"))
     trainer = make_trainer(tmp_path, share_prompt_prefix=True, **kw)
     trainer.model.train()
-    out = trainer._generate_and_score_completions([toy_dataset()[i] for i in range(4)])
-    trainer._compute_loss(trainer.model, out).backward()  # fused path: the loss forward captures q/k
+    out = trainer._generate_and_score_completions([toy_dataset()[i] for i in (0, 0, 1, 1)])
+    trainer._compute_loss(trainer.model, out).backward()
+
+
+def test_extra_pass_with_an_observer_runs_whole_rows(tmp_path, monkeypatch):
+    """The extra (early-exit) pass, where observers ride, never shares: an observer is promised
+    whole-row q/k."""
+    import rlattn.trainer as core
+
+    monkeypatch.setattr(core, "shared_prompt_logps", lambda *a, **k: pytest.fail("shared pass ran"))
+    trainer = make_trainer(tmp_path, share_prompt_prefix=True, credit_fused=False)
+    seen = []
+    trainer.credit_observer = lambda output: (lambda rows, layer, q, k, scaling: seen.append((q.shape[2], k.shape[2])))
+    trainer.model.train()
+    trainer._generate_and_score_completions([toy_dataset()[i] for i in (0, 0, 1, 1)])
+    assert seen and all(nq == nk for nq, nk in seen)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_fused_capture_on_the_shared_pass_equals_whole_rows(tmp_path, monkeypatch, lora):
+    """The default layout: the loss forward that captures the statistics shares the prompts;
+    statistics, γ, (B, T) advantages, loss and gradients equal the whole-row trainer's."""
+    import rlattn.trainer as core
+
+    calls = []
+    real = core.shared_prompt_logps
+    monkeypatch.setattr(core, "shared_prompt_logps", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    results = []
+    for share in (False, True):
+        trainer = make_trainer(tmp_path / str(share), lora=lora, share_prompt_prefix=share)
+        trainer.model.train()
+        assert trainer.credit_path() == "fused"
+        out = trainer._generate_and_score_completions([toy_dataset()[i] for i in (0, 0, 1, 1)])
+        n_before = len(calls)
+        trainer.model.zero_grad(set_to_none=True)
+        loss = trainer._compute_loss(trainer.model, out)
+        loss.backward()
+        assert len(calls) == n_before + int(share)
+        assert trainer.last_credit["path"] == "fused"
+        results.append((out, trainer.last_credit, loss.detach(), _grads(trainer.model)))
+    (out0, c0, loss0, g0), (out1, c1, loss1, g1) = results
+    torch.testing.assert_close(out1["completion_ids"], out0["completion_ids"], atol=0, rtol=0)  # same rollouts
+    mask = c0["mask"]
+    for key in ("waad", "fai"):
+        torch.testing.assert_close(c1[key][mask], c0[key][mask], atol=1e-5, rtol=0, equal_nan=True, msg=key)
+    torch.testing.assert_close(c1["gamma"], c0["gamma"], atol=1e-6, rtol=0)
+    assert (c0["gamma"][mask] > 1).any()
+    torch.testing.assert_close(out1["advantages"], out0["advantages"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(loss1, loss0, atol=1e-6, rtol=0)
+    assert g0.keys() == g1.keys() and g0
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_trainer_shares_only_chunks_with_a_repeated_prompt(tmp_path, monkeypatch):
