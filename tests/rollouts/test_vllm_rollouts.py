@@ -81,8 +81,14 @@ def test_engine_starts_and_reports(engine):
     assert engine.alive and engine.start_s > 0 and engine.max_model_len == 512
 
 
-def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+def _state(pid: int, settle_s: float = 5.0) -> str:
+    """The process's scheduler state; waits up to ``settle_s`` for a just-sent SIGSTOP to take effect."""
+    deadline = time.monotonic() + settle_s
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    while state != "T" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state
 
 
 def test_engine_is_stopped_between_requests(engine, tok):
