@@ -31,6 +31,8 @@ def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
+    from rlattn.shared_prompt import prompt_groups
+
     acc: dict[str, float] = {}
 
     def timed(owner, name, key):
@@ -53,6 +55,8 @@ def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
     def count_tokens(self, model, inputs, *args, **kwargs):  # completion tokens the loss passes read
         acc["loss_tokens"] = acc.get("loss_tokens", 0.0) + float(inputs["completion_mask"].sum())
         acc["loss_padded"] = acc.get("loss_padded", 0.0) + float(inputs["completion_mask"].numel())
+        acc["loss_batches"] = acc.get("loss_batches", 0.0) + 1
+        acc["loss_prompts"] = acc.get("loss_prompts", 0.0) + float(len(prompt_groups(inputs["prompt_ids"], inputs["prompt_mask"])[0]))
         return counted(self, model, inputs, *args, **kwargs)
 
     GRPOTrainer._compute_loss = count_tokens
@@ -92,6 +96,7 @@ def _phases(step: dict) -> dict[str, float]:
     known["wall"] = step["wall"]
     known["loss_tokens"] = step.get("loss_tokens", 0.0)
     known["loss_padded"] = step.get("loss_padded", 0.0)
+    known["prompts_per_batch"] = step.get("loss_prompts", 0.0) / max(1.0, step.get("loss_batches", 0.0))
     return known
 
 
@@ -113,17 +118,17 @@ def main() -> None:
     for name, overrides in variants:
         steps = [_phases(s) for s in run_variant(__file__, args.recipe, args.steps, overrides, f"variant {name}")]
         kept = steps[1:] or steps
-        mean = {k: sum(s[k] for s in kept) / len(kept) for k in (*PHASES, "wall", "loss_tokens", "loss_padded")}
+        mean = {k: sum(s[k] for s in kept) / len(kept) for k in (*PHASES, "wall", "loss_tokens", "loss_padded", "prompts_per_batch")}
         rows.append((name, " ".join(overrides), mean))
         print(f"{name}: " + ", ".join(f"{k} {mean[k]:.2f}s" for k in (*PHASES, "wall")), flush=True)
-    head = "| variant | overrides | " + " | ".join(PHASES) + " | step (s) | vs first | completion tokens in the loss (padded) | loss fwd+bwd ms/token |\n|" + "---|" * (len(PHASES) + 6)
+    head = "| variant | overrides | " + " | ".join(PHASES) + " | step (s) | vs first | completion tokens in the loss (padded) | distinct prompts per loss micro-batch | loss fwd+bwd ms/token |\n|" + "---|" * (len(PHASES) + 7)
     lines = [f"Machine: {machine()}.", f"Command: `{command()}`; mean of steps 2..{args.steps} (step 1 is warm-up); seconds per step.", "", head]
     base = rows[0][2]["wall"]
     for name, overrides, m in rows:
         cells = " | ".join(f"{m[k]:.2f} ({100 * m[k] / m['wall']:.0f} %)" for k in PHASES)
         per_token = 1000 * (m["loss_forward"] + m["backward"]) / m["loss_tokens"] if m["loss_tokens"] else float("nan")
         lines.append(f"| {name} | `{overrides or '-'}` | {cells} | **{m['wall']:.2f}** | {base / m['wall']:.2f}x "
-                     f"| {m['loss_tokens']:.0f} ({m['loss_padded']:.0f}) | {per_token:.1f} |")
+                     f"| {m['loss_tokens']:.0f} ({m['loss_padded']:.0f}) | {m['prompts_per_batch']:.2f} | {per_token:.1f} |")
     table = "\n".join(lines)
     print(table)
     if args.write:

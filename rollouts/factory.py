@@ -141,7 +141,8 @@ def resolve_rollout(training_args, model_path: str | None = None):
         raise ValueError(f"rollout_backend={backend!r} is not one of {BACKENDS}")
     if backend == "transformers":
         if getattr(training_args, "rollout_merge_lora", False):  # a full fine-tune generates with itself anyway
-            return make_rollout_func("transformers", merge_lora=True)
+            return make_rollout_func("transformers", merge_lora=True,
+                                     share_prompts=bool(getattr(training_args, "rollout_share_prompts", True)))
         return None
     import torch
 

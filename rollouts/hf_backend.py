@@ -9,6 +9,12 @@ log-probs come from ``generate``'s processed ``scores`` (after repetition penalt
 top-k/top-p/min-p: the distribution the token was actually drawn from), which is what vLLM's
 ``logprobs_mode="processed_logprobs"`` returns too. Memory: the scores of one micro-batch are held
 until it finishes (micro_batch × max_tokens × vocab floats), so ``micro_batch_size`` bounds it.
+
+``share_prompts``: GRPO asks for each prompt ``num_generations`` times. With it, a micro-batch's
+distinct prompts are prefilled once each and the cache is copied to their rows before decoding
+(``_shared_prefill``), instead of prefilling every row: on the main recipe (4 prompts x 8 rows of
+~150 tokens) the prefill was ~40 % of generation. The logits are those of the unshared prefill up
+to round-off; the random draws are the same.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ class HFRolloutBackend:
     name = "transformers"
 
     def __init__(self, model, tokenizer, *, eos_token_ids=None, micro_batch_size: int | None = None,
-                 max_model_len: int | None = None, on_prompt_too_long: str = "error", merge_lora: bool = False):
+                 max_model_len: int | None = None, on_prompt_too_long: str = "error", merge_lora: bool = False,
+                 share_prompts: bool = False):
         if on_prompt_too_long not in ("error", "skip"):
             raise ValueError(f"on_prompt_too_long={on_prompt_too_long!r} is not one of 'error', 'skip'")
         if micro_batch_size is not None and micro_batch_size < 1:
@@ -54,6 +61,8 @@ class HFRolloutBackend:
         self.on_prompt_too_long = on_prompt_too_long
         self.num_skipped_total = 0
         self.merge_lora = merge_lora
+        self.share_prompts = share_prompts
+        self.num_prefill_rows = 0  # prompt rows prefilled so far (distinct prompts per micro-batch with share_prompts)
         self._merged = None  # the plain generator of merge_lora
         self.last_sync_s = 0.0
 
@@ -134,6 +143,24 @@ class HFRolloutBackend:
         return RolloutBatch([list(p) for p in prompt_ids], completion_ids, logprobs, reasons, num_skipped=skipped,
                             timings={"generate_s": time.perf_counter() - t0})
 
+    def _shared_prefill(self, model, ids, mask, prompts):
+        """The KV cache of ``ids[:, :-1]`` (left-padded [B, W]) computed once per distinct prompt and
+        copied to each of its rows, or None when every prompt is distinct (or W < 2). ``generate``
+        then runs only the last prompt column and the decode steps: it starts at the cache's length.
+        Positions are generate's own for left padding (cumsum of the mask), so each row sees exactly
+        what the unshared prefill computes."""
+        first: dict[tuple, int] = {}
+        rows = [first.setdefault(tuple(p), len(first)) for p in prompts]  # [B] distinct-prompt index per row
+        if len(first) == len(prompts) or ids.size(1) < 2:
+            return None
+        reps = torch.tensor([rows.index(u) for u in range(len(first))], device=ids.device)  # [U] one row per prompt
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, W] as generate computes them
+        out = model(input_ids=ids[reps, :-1], attention_mask=mask[reps, :-1], position_ids=pos[reps, :-1], use_cache=True)
+        cache = out.past_key_values  # [U, heads, W-1, d] per layer
+        cache.batch_select_indices(torch.tensor(rows, device=ids.device))  # -> [B, heads, W-1, d]
+        self.num_prefill_rows += len(first)
+        return cache
+
     def _generate_rows(self, prompts: list[list[int]], sampling: SamplingSpec):
         model = self.generator
         device = next(model.parameters()).device
@@ -158,9 +185,15 @@ class HFRolloutBackend:
             # top_k 0 disables top-k explicitly: None would let generation_config's default (50) apply
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=max(0, int(sampling.top_k)),
                           min_p=sampling.min_p or None)
+        ids, mask = ids.to(device), mask.to(device)
+        cache = self._shared_prefill(model, ids, mask, prompts) if self.share_prompts else None
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        else:
+            self.num_prefill_rows += len(prompts)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         gen = out.sequences[:, width:].cpu()  # [B, T]
         # the sampled tokens' log-probs, step by step (never a [B, T, V] stack of the whole vocabulary)
         logp = torch.stack([torch.log_softmax(s.float(), dim=-1).gather(-1, gen[:, t, None].to(s.device)).squeeze(-1)

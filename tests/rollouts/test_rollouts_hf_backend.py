@@ -179,3 +179,59 @@ def test_merge_lora_generates_what_the_peft_policy_generates(tiny):
     a, b = plain.generate(prompts(tok), spec), merged.generate(prompts(tok), spec)
     assert a.completion_ids == b.completion_ids
     assert any("lora_A" in n for n, _ in policy.named_parameters())
+
+
+def grouped_prompts(tok):
+    # three distinct prompts of different lengths (left padding differs per group), repeated as GRPO asks
+    ps = [tok.encode("hi"), tok.encode("a longer prompt here"), tok.encode("two words")]
+    return [p for p in ps for _ in range(3)]
+
+
+@pytest.mark.parametrize("spec", [SamplingSpec(max_tokens=6, temperature=0), SamplingSpec(max_tokens=6, temperature=0.9, seed=3)],
+                         ids=["greedy", "sampled"])
+def test_shared_prefill_generates_what_the_row_prefill_generates(tiny, spec):
+    model, tok = tiny
+    rows = grouped_prompts(tok)
+    plain = HFRolloutBackend(model, tok, eos_token_ids=[10_000])
+    shared = HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True)
+    a, b = plain.generate(rows, spec), shared.generate(rows, spec)
+    assert (plain.num_prefill_rows, shared.num_prefill_rows) == (9, 3)  # one prefill row per distinct prompt
+    assert a.completion_ids == b.completion_ids  # the same draws (the RNG is consumed by the decode steps alone)
+    for p, c, x, y in zip(b.prompt_ids, b.completion_ids, a.logprobs, b.logprobs):
+        assert torch.allclose(torch.tensor(y), torch.tensor(x), atol=TOL)
+        if spec.greedy:  # and against the unpadded reference, not only the other path
+            assert torch.allclose(torch.tensor(y), reference_logps(model, p, c), atol=TOL)
+
+
+def test_shared_prefill_runs_only_the_last_prompt_column_in_generate(tiny, monkeypatch):
+    model, tok = tiny
+    widths = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        widths.append(tuple(kwargs["input_ids"].shape))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    rows = grouped_prompts(tok)
+    width = max(map(len, rows))
+    HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True).generate(rows, SamplingSpec(max_tokens=2, temperature=0))
+    # the prefill: 3 distinct prompts x (width - 1) columns; then generate: the last prompt column for all 9 rows, one decode step
+    assert widths == [(3, width - 1), (9, 1), (9, 1)]
+
+
+def test_shared_prefill_is_skipped_when_every_prompt_is_distinct(tiny):
+    model, tok = tiny
+    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True)
+    backend.generate(prompts(tok), SamplingSpec(max_tokens=2, temperature=0))
+    assert backend.num_prefill_rows == 2
+
+
+def test_resolve_rollout_merge_lora_shares_prompts_unless_told_not_to():
+    class Args:
+        rollout_backend = "transformers"
+        rollout_merge_lora = True
+
+    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": True}
+    Args.rollout_share_prompts = False
+    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": False}
