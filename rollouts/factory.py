@@ -142,7 +142,8 @@ def resolve_rollout(training_args, model_path: str | None = None):
     if backend == "transformers":
         if getattr(training_args, "rollout_merge_lora", False):  # a full fine-tune generates with itself anyway
             return make_rollout_func("transformers", merge_lora=True,
-                                     share_prompts=bool(getattr(training_args, "rollout_share_prompts", True)))
+                                     share_prompts=bool(getattr(training_args, "rollout_share_prompts", True)),
+                                     drop_finished=bool(getattr(training_args, "rollout_drop_finished", True)))
         return None
     import torch
 

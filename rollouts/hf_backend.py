@@ -10,6 +10,16 @@ top-k/top-p/min-p: the distribution the token was actually drawn from), which is
 ``logprobs_mode="processed_logprobs"`` returns too. Memory: the scores of one micro-batch are held
 until it finishes (micro_batch × max_tokens × vocab floats), so ``micro_batch_size`` bounds it.
 
+``drop_finished`` (default): decode with rlattn's own loop (``_decode``) instead of ``generate``,
+dropping each row from the batch (and its cache) as soon as it ends. ``generate`` keeps finished
+rows in every decode step until the longest one ends; a decode step of the embedded model cost
+0.32 s at 32 rows and 0.135 s at 8 here, and completions of the main recipe end anywhere between
+20 and 80 tokens. The loop samples from the distribution ``SamplingSpec`` describes with
+transformers' own processors (repetition penalty, then temperature, top-k, top-p, min-p, in
+``generate``'s order); greedy tokens and all log-probs are those of ``generate`` up to round-off,
+sampled tokens are different draws (a finished row no longer consumes random numbers). A model's
+``generation_config`` does not add processors here, as with the vLLM backend.
+
 ``share_prompts``: GRPO asks for each prompt ``num_generations`` times. With it, a micro-batch's
 distinct prompts are prefilled once each and the cache is copied to their rows before decoding
 (``_shared_prefill``), instead of prefilling every row: on the main recipe (4 prompts x 8 rows of
@@ -39,7 +49,7 @@ class HFRolloutBackend:
 
     def __init__(self, model, tokenizer, *, eos_token_ids=None, micro_batch_size: int | None = None,
                  max_model_len: int | None = None, on_prompt_too_long: str = "error", merge_lora: bool = False,
-                 share_prompts: bool = False):
+                 share_prompts: bool = False, drop_finished: bool = True):
         if on_prompt_too_long not in ("error", "skip"):
             raise ValueError(f"on_prompt_too_long={on_prompt_too_long!r} is not one of 'error', 'skip'")
         if micro_batch_size is not None and micro_batch_size < 1:
@@ -62,6 +72,8 @@ class HFRolloutBackend:
         self.num_skipped_total = 0
         self.merge_lora = merge_lora
         self.share_prompts = share_prompts
+        self.drop_finished = drop_finished
+        self.num_decode_rows = 0  # row-steps the decode ran (each finished row stops counting with drop_finished)
         self.num_prefill_rows = 0  # prompt rows prefilled so far (distinct prompts per micro-batch with share_prompts)
         self._merged = None  # the plain generator of merge_lora
         self.last_sync_s = 0.0
@@ -143,10 +155,81 @@ class HFRolloutBackend:
         return RolloutBatch([list(p) for p in prompt_ids], completion_ids, logprobs, reasons, num_skipped=skipped,
                             timings={"generate_s": time.perf_counter() - t0})
 
+    def _processors(self, sampling: SamplingSpec):
+        """transformers' logits processors for ``sampling``, in ``generate``'s order."""
+        from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+                                                            TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+        procs = LogitsProcessorList()
+        if sampling.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(penalty=sampling.repetition_penalty))
+        if not sampling.greedy:
+            if sampling.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(sampling.temperature))
+            if int(sampling.top_k) > 0:
+                procs.append(TopKLogitsWarper(top_k=int(sampling.top_k)))
+            if sampling.top_p < 1.0:
+                procs.append(TopPLogitsWarper(top_p=sampling.top_p))
+            if sampling.min_p:
+                procs.append(MinPLogitsWarper(min_p=sampling.min_p))
+        return procs
+
+    @torch.no_grad()
+    def _decode(self, model, ids, mask, prompts, max_new: int, sampling: SamplingSpec):
+        """Prefill ``ids[:, :-1]`` (left-padded [B, W]; shared per distinct prompt with
+        ``share_prompts``), then decode one token per step for the rows still running, removing
+        a row and its cache entries once it draws an EOS. Returns (tokens, log-probs, reason) per row."""
+        from transformers import DynamicCache
+
+        B, W = ids.shape
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, W] generate's positions for left padding
+        cache = self._shared_prefill(model, ids, mask, prompts) if self.share_prompts else None
+        if cache is None and W >= 2:
+            cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True,
+                          logits_to_keep=1).past_key_values
+            self.num_prefill_rows += B
+        feed, feed_pos = (ids[:, -1:], pos[:, -1:]) if W >= 2 else (ids, pos)  # [b, 1] or [B, 1] (one-token prompts)
+        cache = cache if cache is not None else DynamicCache()
+        procs = self._processors(sampling)
+        eos = torch.tensor(self.eos_token_ids, device=ids.device)
+        seen, am = ids, mask  # [b, W + t] the running rows' tokens (for the repetition penalty) and mask
+        alive = torch.arange(B, device=ids.device)  # [b] row of each running row
+        tokens = [[] for _ in range(B)]
+        logps = [[] for _ in range(B)]
+        reasons = ["length"] * B
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        for t in range(max_new):
+            logits = model(input_ids=feed, attention_mask=am, position_ids=feed_pos, past_key_values=cache, use_cache=True,
+                           logits_to_keep=1).logits[:, -1].float()  # [b, V]
+            self.num_decode_rows += alive.numel()
+            scores = procs(seen, logits)  # [b, V]
+            if sampling.greedy:
+                nxt = scores.argmax(-1)  # [b]
+            else:
+                nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)  # [b]
+            lp = torch.log_softmax(scores, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)  # [b]
+            for r, tok, l in zip(alive.tolist(), nxt.tolist(), lp.tolist()):
+                tokens[r].append(tok)
+                logps[r].append(l)
+            done = torch.isin(nxt, eos)  # [b]
+            for r in alive[done].tolist():
+                reasons[r] = "stop"
+            if t == max_new - 1 or bool(done.all()):
+                break
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)  # [b']
+                cache.batch_select_indices(keep)
+                alive, nxt, seen, am, feed_pos = alive[keep], nxt[keep], seen[keep], am[keep], feed_pos[keep]
+            seen = torch.cat([seen, nxt[:, None]], dim=1)
+            am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
+            feed, feed_pos = nxt[:, None], feed_pos[:, -1:] + 1
+        return [(tokens[r], logps[r], reasons[r]) for r in range(B)]
+
     def _shared_prefill(self, model, ids, mask, prompts):
         """The KV cache of ``ids[:, :-1]`` (left-padded [B, W]) computed once per distinct prompt and
         copied to each of its rows, or None when every prompt is distinct (or W < 2). ``generate``
-        then runs only the last prompt column and the decode steps: it starts at the cache's length.
+        (or ``_decode``) then runs only the last prompt column and the decode steps: it starts at the cache's length.
         Positions are generate's own for left padding (cumsum of the mask), so each row sees exactly
         what the unshared prefill computes."""
         first: dict[tuple, int] = {}
@@ -155,7 +238,8 @@ class HFRolloutBackend:
             return None
         reps = torch.tensor([rows.index(u) for u in range(len(first))], device=ids.device)  # [U] one row per prompt
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, W] as generate computes them
-        out = model(input_ids=ids[reps, :-1], attention_mask=mask[reps, :-1], position_ids=pos[reps, :-1], use_cache=True)
+        out = model(input_ids=ids[reps, :-1], attention_mask=mask[reps, :-1], position_ids=pos[reps, :-1], use_cache=True,
+                    logits_to_keep=1)
         cache = out.past_key_values  # [U, heads, W-1, d] per layer
         cache.batch_select_indices(torch.tensor(rows, device=ids.device))  # -> [B, heads, W-1, d]
         self.num_prefill_rows += len(first)
@@ -186,6 +270,8 @@ class HFRolloutBackend:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=max(0, int(sampling.top_k)),
                           min_p=sampling.min_p or None)
         ids, mask = ids.to(device), mask.to(device)
+        if self.drop_finished:
+            return self._decode(model, ids, mask, prompts, max_new, sampling)
         cache = self._shared_prefill(model, ids, mask, prompts) if self.share_prompts else None
         if cache is not None:
             kwargs["past_key_values"] = cache

@@ -16,6 +16,8 @@ from rlattn.rollouts.hf_backend import HFRolloutBackend
 from rlattn.testing import tiny_model
 
 TOL = 1e-4  # fp32 log-prob tolerance (batched left-padded generate vs unpadded forward)
+#: both decode paths: rlattn's loop that drops finished rows (default) and transformers' generate
+DECODE = pytest.mark.parametrize("drop", [True, False], ids=["loop", "generate"])
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +42,10 @@ def test_backend_satisfies_protocol(tiny):
     assert isinstance(HFRolloutBackend(*tiny), RolloutBackend)
 
 
-def test_greedy_matches_argmax_loop_and_logprobs(tiny):
+@DECODE
+def test_greedy_matches_argmax_loop_and_logprobs(tiny, drop):
     model, tok = tiny
-    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000])  # unreachable id: no early stop
+    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000], drop_finished=drop)  # unreachable id: no early stop
     batch = backend.generate(prompts(tok), SamplingSpec(max_tokens=6, temperature=0))
     for p, c, lp, reason in zip(batch.prompt_ids, batch.completion_ids, batch.logprobs, batch.finish_reasons):
         ids = list(p)
@@ -56,9 +59,10 @@ def test_greedy_matches_argmax_loop_and_logprobs(tiny):
         assert torch.allclose(torch.tensor(lp), reference_logps(model, p, c), atol=TOL)
 
 
-def test_sampled_logprobs_are_temperature_scaled(tiny):
+@DECODE
+def test_sampled_logprobs_are_temperature_scaled(tiny, drop):
     model, tok = tiny
-    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000])
+    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000], drop_finished=drop)
     batch = backend.generate(prompts(tok), SamplingSpec(max_tokens=8, temperature=0.7, seed=3))
     for p, c, lp in zip(batch.prompt_ids, batch.completion_ids, batch.logprobs):
         ref = reference_logps(model, p, c, temperature=0.7)
@@ -67,12 +71,13 @@ def test_sampled_logprobs_are_temperature_scaled(tiny):
         assert not torch.allclose(torch.tensor(lp), reference_logps(model, p, c), atol=TOL)
 
 
-def test_stop_keeps_eos_and_cuts_after_it(tiny):
+@DECODE
+def test_stop_keeps_eos_and_cuts_after_it(tiny, drop):
     model, tok = tiny
-    greedy = HFRolloutBackend(model, tok, eos_token_ids=[10_000]).generate(prompts(tok)[:1], SamplingSpec(max_tokens=6, temperature=0))
+    greedy = HFRolloutBackend(model, tok, eos_token_ids=[10_000], drop_finished=drop).generate(prompts(tok)[:1], SamplingSpec(max_tokens=6, temperature=0))
     third = greedy.completion_ids[0][2]
     first_hit = greedy.completion_ids[0].index(third)  # the token may already occur earlier
-    batch = HFRolloutBackend(model, tok, eos_token_ids=[third]).generate(prompts(tok)[:1], SamplingSpec(max_tokens=6, temperature=0))
+    batch = HFRolloutBackend(model, tok, eos_token_ids=[third], drop_finished=drop).generate(prompts(tok)[:1], SamplingSpec(max_tokens=6, temperature=0))
     assert batch.finish_reasons == ["stop"]
     assert batch.completion_ids[0] == greedy.completion_ids[0][: first_hit + 1]
 
@@ -150,7 +155,7 @@ def test_top_k_off_is_passed_as_off(tiny, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", spy)
-    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000])
+    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000], drop_finished=False)
     backend.generate(prompts(tok), SamplingSpec(max_tokens=2, temperature=0.7, seed=0))
     assert seen["top_k"] == 0
     backend.generate(prompts(tok), SamplingSpec(max_tokens=2, temperature=0.7, top_k=5, seed=0))
@@ -187,13 +192,14 @@ def grouped_prompts(tok):
     return [p for p in ps for _ in range(3)]
 
 
+@DECODE
 @pytest.mark.parametrize("spec", [SamplingSpec(max_tokens=6, temperature=0), SamplingSpec(max_tokens=6, temperature=0.9, seed=3)],
                          ids=["greedy", "sampled"])
-def test_shared_prefill_generates_what_the_row_prefill_generates(tiny, spec):
+def test_shared_prefill_generates_what_the_row_prefill_generates(tiny, spec, drop):
     model, tok = tiny
     rows = grouped_prompts(tok)
-    plain = HFRolloutBackend(model, tok, eos_token_ids=[10_000])
-    shared = HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True)
+    plain = HFRolloutBackend(model, tok, eos_token_ids=[10_000], drop_finished=drop)
+    shared = HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True, drop_finished=drop)
     a, b = plain.generate(rows, spec), shared.generate(rows, spec)
     assert (plain.num_prefill_rows, shared.num_prefill_rows) == (9, 3)  # one prefill row per distinct prompt
     assert a.completion_ids == b.completion_ids  # the same draws (the RNG is consumed by the decode steps alone)
@@ -203,7 +209,8 @@ def test_shared_prefill_generates_what_the_row_prefill_generates(tiny, spec):
             assert torch.allclose(torch.tensor(y), reference_logps(model, p, c), atol=TOL)
 
 
-def test_shared_prefill_runs_only_the_last_prompt_column_in_generate(tiny, monkeypatch):
+@DECODE
+def test_shared_prefill_leaves_only_the_last_prompt_column_to_decode(tiny, monkeypatch, drop):
     model, tok = tiny
     widths = []
     original = model.forward
@@ -215,14 +222,16 @@ def test_shared_prefill_runs_only_the_last_prompt_column_in_generate(tiny, monke
     monkeypatch.setattr(model, "forward", spy)
     rows = grouped_prompts(tok)
     width = max(map(len, rows))
-    HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True).generate(rows, SamplingSpec(max_tokens=2, temperature=0))
-    # the prefill: 3 distinct prompts x (width - 1) columns; then generate: the last prompt column for all 9 rows, one decode step
+    HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True, drop_finished=drop).generate(
+        rows, SamplingSpec(max_tokens=2, temperature=0))
+    # the prefill: 3 distinct prompts x (width - 1) columns; then the last prompt column for all 9 rows, one decode step
     assert widths == [(3, width - 1), (9, 1), (9, 1)]
 
 
-def test_shared_prefill_is_skipped_when_every_prompt_is_distinct(tiny):
+@DECODE
+def test_shared_prefill_is_skipped_when_every_prompt_is_distinct(tiny, drop):
     model, tok = tiny
-    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True)
+    backend = HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True, drop_finished=drop)
     backend.generate(prompts(tok), SamplingSpec(max_tokens=2, temperature=0))
     assert backend.num_prefill_rows == 2
 
@@ -232,6 +241,37 @@ def test_resolve_rollout_merge_lora_shares_prompts_unless_told_not_to():
         rollout_backend = "transformers"
         rollout_merge_lora = True
 
-    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": True}
+    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": True, "drop_finished": True}
     Args.rollout_share_prompts = False
-    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": False}
+    Args.rollout_drop_finished = False
+    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": False, "drop_finished": False}
+
+
+def test_decode_loop_drops_finished_rows_and_agrees_with_generate(tiny):
+    model, tok = tiny
+    rows = grouped_prompts(tok)[::3] + [tok.encode("one more prompt"), tok.encode("x")]  # 5 distinct prompts
+    spec = SamplingSpec(max_tokens=8, temperature=0)
+    free = HFRolloutBackend(model, tok, eos_token_ids=[10_000], drop_finished=False).generate(rows, spec)
+    eos = free.completion_ids[0][2]  # row 0 stops by its third token; the other rows stop later or never
+    loop = HFRolloutBackend(model, tok, eos_token_ids=[eos])
+    a = HFRolloutBackend(model, tok, eos_token_ids=[eos], drop_finished=False).generate(rows, spec)
+    b = loop.generate(rows, spec)
+    lengths = [len(c) for c in b.completion_ids]
+    assert min(lengths) <= 3 and len(set(lengths)) > 1  # the rows end at different steps
+    assert b.completion_ids == a.completion_ids and b.finish_reasons == a.finish_reasons
+    for x, y in zip(a.logprobs, b.logprobs):
+        assert torch.allclose(torch.tensor(y), torch.tensor(x), atol=TOL)
+    assert loop.num_decode_rows == sum(lengths) < len(rows) * max(lengths)  # a finished row costs no more steps
+
+
+def test_decode_loop_samples_from_the_top_k_distribution(tiny):
+    model, tok = tiny
+    spec = SamplingSpec(max_tokens=6, temperature=0.7, top_k=5, seed=1)
+    batch = HFRolloutBackend(model, tok, eos_token_ids=[10_000]).generate(prompts(tok), spec)
+    for p, c, lp in zip(batch.prompt_ids, batch.completion_ids, batch.logprobs):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + c])).logits[0, len(p) - 1: -1].float() / 0.7  # [T, V]
+        top = logits.topk(5, dim=-1)
+        assert all(tok_id in row for tok_id, row in zip(c, top.indices.tolist()))  # every draw is one of the top 5
+        ref = torch.log_softmax(top.values, -1).gather(-1, (top.indices == torch.tensor(c)[:, None]).int().argmax(-1, keepdim=True))
+        assert torch.allclose(torch.tensor(lp), ref.squeeze(-1), atol=TOL)  # renormalised over the top 5
