@@ -6,9 +6,10 @@ Measured (docs/results.md, section 6): the recipe's first 12 steps at seed 0 wen
 dealt by group (shuffle_by_prompt, docs/results.md section 2) from 0.280 to 0.630; 6 steps are too
 few (the grid's 6-step runs rose at some seeds and fell slightly at others), so the test runs 12.
 In float32 on a CPU without native bf16 (``cpu_precision: auto``; an AVX2-only EPYC) the same 12 steps
-went from 0.313 to 0.519 (docs/results.md section 2). The margin, 0.15, is below all four measured
+went from 0.313 to 0.519 (docs/results.md section 2), and with rlattn's decode loop (other random
+draws, 2026-12-04) from 0.297 to 0.595. The margin, 0.15, is below all five measured
 rises; a recipe or trainer change that stops the learning fails it. Slow: about 6 minutes on 2 cores
-with AVX-512 BF16, about 13 minutes in float32 on 2 AVX2 cores.
+with AVX-512 BF16, about 7 minutes in float32 on 2 AVX2 cores (13 before the decode loop).
 """
 
 import json
