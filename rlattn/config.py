@@ -17,10 +17,7 @@ from rlattn.credit.attention_stats import HEAD_SELECTIONS, AttentionStatsConfig
 from rlattn.credit.config import SELECTS
 from rlattn.rollouts.names import BACKENDS, LORA_HANDOVERS
 from rlattn.utils import CPU_PRECISIONS, check_cpu_precision, fast_cpu_dtype, runs_on_cpu
-
-
-def _h(text: str) -> dict:
-    return {"help": text}
+from rlattn.utils import field_help as _h
 
 
 def _head_pairs(values, key):

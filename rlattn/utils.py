@@ -135,3 +135,10 @@ def warn_cpu_fallback(dtype: str, doing: str) -> None:
     logging.getLogger("rlattn").warning(
         "this CPU has no native %s kernels (no AVX-512/AMX; ~100x slower than float32 here): %s in float32 "
         "(cpu_precision: keep runs %s)", dtype, doing, dtype)
+
+
+def field_help(text: str) -> dict:
+    """A dataclass field's ``metadata`` for TRL's argument parser. argparse %-formats help
+    strings when it prints ``--help``, so a literal "%" is escaped: "a 95 % interval" made
+    ``scripts/evaluate.py --help`` fail on "%i" ("a real number is required")."""
+    return {"help": text.replace("%", "%%")}

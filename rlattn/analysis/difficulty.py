@@ -30,14 +30,11 @@ from pathlib import Path
 from typing import Sequence
 
 from rlattn.utils import check_cpu_precision, fast_cpu_dtype, runs_on_cpu
+from rlattn.utils import field_help as _h
 
 logger = logging.getLogger("rlattn")
 
 __all__ = ["DifficultyConfig", "filter_difficulty", "parse_difficulty_args", "pass_rate_histogram"]
-
-
-def _h(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass

@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from rlattn.utils import field_help as _h
 import torch
 
 __all__ = [
@@ -119,10 +120,6 @@ COUPLINGS = {
 }
 
 RECEIVER_SELECTIONS = ("dataset", "sequence")
-
-
-def _h(text: str) -> dict:
-    return {"help": text}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,15 +9,12 @@ core's keys (the rollout backend, ``num_iterations``, ``beta``), at parse time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from rlattn.utils import field_help as _h
 
 __all__ = ["BACKBONE_NAMES", "BackboneArguments"]
 
 #: ``backbone`` values: ``none`` (the causal LM as is) and the plug-ins of rlattn.backbones.
 BACKBONE_NAMES = ("none", "cocova_lite")
-
-
-def _h(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass

@@ -17,12 +17,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from rlattn.utils import field_help as _h
 
 __all__ = ["CompareConfig", "Variant", "parse_compare_args"]
-
-
-def _h(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass(frozen=True)

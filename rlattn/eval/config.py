@@ -28,7 +28,7 @@ from typing import Sequence
 
 __all__ = ["BACKENDS", "GRADINGS", "PAPER_TABLES", "EvalConfig", "default_k_values", "parse_eval_args"]
 
-from rlattn.utils import check_cpu_precision  # noqa: E402
+from rlattn.utils import check_cpu_precision, field_help as _h  # noqa: E402
 from rlattn.rollouts.names import BACKENDS, LORA_HANDOVERS  # noqa: E402  (the one list; ``vllm`` needs vllm installed: docs/evaluation.md)
 
 #: ``grading`` entries: strict = the last non-empty \boxed{} only; lenient = that, else the last number.
@@ -38,10 +38,6 @@ _ANSWER_RULES = {"strict": "last non-empty \\boxed{}", "lenient": "last non-empt
 #: ``paper_table`` values: which Table 4 block of arXiv 2510.13554 the report quotes next to the
 #: measured numbers (docs/paper.md).
 PAPER_TABLES = ("none", "qwen3_4b_1k", "qwen3_8b_1k", "qwen3_4b_8k")
-
-
-def _h(text: str) -> dict:
-    return {"help": text}
 
 
 def default_k_values(n: int) -> list[int]:

@@ -23,15 +23,12 @@ from rlattn.models import DEFAULT_MODEL
 from .records import load_record_traces
 from .report import write_report
 from .trace import SIGNALS, generate_trace, load_model
+from rlattn.utils import field_help as _h
 
 PROG = "scripts/inspect_credit.py"
 USAGE = (f"{PROG} [recipe.yaml] (--prompt TEXT ... | --dataset NAME [--index I ...] | --records FILE "
          "[--record-index I ...]) [--model SPEC] [--strategy NAME ...] [--credit_* / --attn_* VALUE ...] [--out DIR]")
 REPEATABLE = ("prompt", "index", "record_index", "strategy")  # the list fields of InspectArguments
-
-
-def _h(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass

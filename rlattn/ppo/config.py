@@ -13,12 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rlattn.config import AttnCreditConfig
+from rlattn.utils import field_help as _h
 
 __all__ = ["AttnCreditPPOConfig"]
-
-
-def _h(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclass
