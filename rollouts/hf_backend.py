@@ -20,9 +20,9 @@ transformers' own processors (repetition penalty, then temperature, top-k, top-p
 sampled tokens are different draws (a finished row no longer consumes random numbers). A model's
 ``generation_config`` does not add processors here, as with the vLLM backend.
 
-``share_prompts``: GRPO asks for each prompt ``num_generations`` times. With it, a micro-batch's
+``share_prompts`` (default): GRPO asks for each prompt ``num_generations`` times. With it, a micro-batch's
 distinct prompts are prefilled once each and the cache is copied to their rows before decoding
-(``_shared_prefill``), instead of prefilling every row: on the main recipe (4 prompts x 8 rows of
+(``_prefill``), instead of prefilling every row: on the main recipe (4 prompts x 8 rows of
 ~150 tokens) the prefill was ~40 % of generation. The logits are those of the unshared prefill up
 to round-off; the random draws are the same.
 """
@@ -49,7 +49,7 @@ class HFRolloutBackend:
 
     def __init__(self, model, tokenizer, *, eos_token_ids=None, micro_batch_size: int | None = None,
                  max_model_len: int | None = None, on_prompt_too_long: str = "error", merge_lora: bool = False,
-                 share_prompts: bool = False, drop_finished: bool = True):
+                 share_prompts: bool = True, drop_finished: bool = True):
         if on_prompt_too_long not in ("error", "skip"):
             raise ValueError(f"on_prompt_too_long={on_prompt_too_long!r} is not one of 'error', 'skip'")
         if micro_batch_size is not None and micro_batch_size < 1:
@@ -176,27 +176,24 @@ class HFRolloutBackend:
 
     @torch.no_grad()
     def _decode(self, model, ids, mask, prompts, max_new: int, sampling: SamplingSpec):
-        """Prefill ``ids[:, :-1]`` (left-padded [B, W]; shared per distinct prompt with
-        ``share_prompts``), then decode one token per step for the rows still running, removing
-        a row and its cache entries once it draws an EOS. Returns (tokens, log-probs, reason) per row."""
+        """Prefill ``ids[:, :-1]`` (left-padded [B, W]; see ``_prefill``), then decode one token per
+        step for the rows still running, removing a row and its cache entries once it draws an EOS.
+        Returns (tokens, log-probs, reason) per row."""
         from transformers import DynamicCache
 
         B, W = ids.shape
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, W] generate's positions for left padding
-        cache = self._shared_prefill(model, ids, mask, prompts) if self.share_prompts else None
-        if cache is None and W >= 2:
-            cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True,
-                          logits_to_keep=1).past_key_values
-            self.num_prefill_rows += B
-        feed, feed_pos = (ids[:, -1:], pos[:, -1:]) if W >= 2 else (ids, pos)  # [b, 1] or [B, 1] (one-token prompts)
+        cache = self._prefill(model, ids, mask, prompts)
+        feed, feed_pos = (ids[:, -1:], pos[:, -1:]) if cache is not None else (ids, pos)  # [B, 1], or a one-token prompt
         cache = cache if cache is not None else DynamicCache()
         procs = self._processors(sampling)
         eos = torch.tensor(self.eos_token_ids, device=ids.device)
         seen, am = ids, mask  # [b, W + t] the running rows' tokens (for the repetition penalty) and mask
         alive = torch.arange(B, device=ids.device)  # [b] row of each running row
-        tokens = [[] for _ in range(B)]
-        logps = [[] for _ in range(B)]
-        reasons = ["length"] * B
+        out_tok = torch.zeros(B, max_new, dtype=torch.long)  # [B, max_new] drawn tokens
+        out_lp = torch.zeros(B, max_new)  # [B, max_new] their log-probs
+        length = torch.zeros(B, dtype=torch.long)  # [B] tokens drawn per row
+        stopped = torch.zeros(B, dtype=torch.bool)  # [B] ended by an EOS
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         for t in range(max_new):
@@ -208,13 +205,12 @@ class HFRolloutBackend:
                 nxt = scores.argmax(-1)  # [b]
             else:
                 nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)  # [b]
-            lp = torch.log_softmax(scores, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)  # [b]
-            for r, tok, l in zip(alive.tolist(), nxt.tolist(), lp.tolist()):
-                tokens[r].append(tok)
-                logps[r].append(l)
+            rows = alive.cpu()
+            out_tok[rows, t] = nxt.cpu()
+            out_lp[rows, t] = torch.log_softmax(scores, dim=-1).gather(-1, nxt[:, None]).squeeze(-1).cpu()
+            length[rows] += 1
             done = torch.isin(nxt, eos)  # [b]
-            for r in alive[done].tolist():
-                reasons[r] = "stop"
+            stopped[rows[done.cpu()]] = True
             if t == max_new - 1 or bool(done.all()):
                 break
             if bool(done.any()):
@@ -224,25 +220,36 @@ class HFRolloutBackend:
             seen = torch.cat([seen, nxt[:, None]], dim=1)
             am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
             feed, feed_pos = nxt[:, None], feed_pos[:, -1:] + 1
-        return [(tokens[r], logps[r], reasons[r]) for r in range(B)]
+        return [(out_tok[r, :n].tolist(), out_lp[r, :n].tolist(), "stop" if stopped[r] else "length")
+                for r, n in enumerate(length.tolist())]
 
-    def _shared_prefill(self, model, ids, mask, prompts):
-        """The KV cache of ``ids[:, :-1]`` (left-padded [B, W]) computed once per distinct prompt and
-        copied to each of its rows, or None when every prompt is distinct (or W < 2). ``generate``
-        (or ``_decode``) then runs only the last prompt column and the decode steps: it starts at the cache's length.
-        Positions are generate's own for left padding (cumsum of the mask), so each row sees exactly
-        what the unshared prefill computes."""
-        first: dict[tuple, int] = {}
-        rows = [first.setdefault(tuple(p), len(first)) for p in prompts]  # [B] distinct-prompt index per row
-        if len(first) == len(prompts) or ids.size(1) < 2:
+    def _prefill(self, model, ids, mask, prompts):
+        """The KV cache of ``ids[:, :-1]`` (left-padded [B, W]), or None when W < 2. With
+        ``share_prompts`` each distinct prompt runs once and its cache is copied to its rows.
+        ``generate`` (or ``_decode``) then runs only the last prompt column and the decode steps: it
+        starts at the cache's length. Positions are generate's own for left padding (cumsum of the
+        mask), so each row sees exactly what generate's own prefill computes.
+
+        The rows are grouped here from their token lists: rollouts sit below the training core and
+        may not import its ``rlattn.shared_prompt.prompt_groups`` (docs/architecture.md)."""
+        if ids.size(1) < 2:
             return None
-        reps = torch.tensor([rows.index(u) for u in range(len(first))], device=ids.device)  # [U] one row per prompt
+        reps, rows = list(range(len(prompts))), None  # [U] one row per prompt; [B] its group per row
+        if self.share_prompts:
+            group_of: dict[tuple, int] = {}
+            reps, rows = [], []
+            for r, p in enumerate(prompts):
+                g = group_of.setdefault(tuple(p), len(group_of))
+                if g == len(reps):
+                    reps.append(r)
+                rows.append(g)
+        idx = torch.tensor(reps, device=ids.device)
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, W] as generate computes them
-        out = model(input_ids=ids[reps, :-1], attention_mask=mask[reps, :-1], position_ids=pos[reps, :-1], use_cache=True,
-                    logits_to_keep=1)
-        cache = out.past_key_values  # [U, heads, W-1, d] per layer
-        cache.batch_select_indices(torch.tensor(rows, device=ids.device))  # -> [B, heads, W-1, d]
-        self.num_prefill_rows += len(first)
+        cache = model(input_ids=ids[idx, :-1], attention_mask=mask[idx, :-1], position_ids=pos[idx, :-1], use_cache=True,
+                      logits_to_keep=1).past_key_values  # [U, heads, W-1, d] per layer
+        if len(reps) < len(prompts):
+            cache.batch_select_indices(torch.tensor(rows, device=ids.device))  # -> [B, heads, W-1, d]
+        self.num_prefill_rows += len(reps)
         return cache
 
     def _generate_rows(self, prompts: list[list[int]], sampling: SamplingSpec):
@@ -257,6 +264,9 @@ class HFRolloutBackend:
         max_new = sampling.max_tokens
         if self.max_model_len is not None:
             max_new = max(1, min(max_new, self.max_model_len - width))
+        ids, mask = ids.to(device), mask.to(device)
+        if self.drop_finished:
+            return self._decode(model, ids, mask, prompts, max_new, sampling)
         kwargs = dict(
             max_new_tokens=max_new, do_sample=not sampling.greedy, eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id, output_scores=True, return_dict_in_generate=True,
@@ -269,14 +279,9 @@ class HFRolloutBackend:
             # top_k 0 disables top-k explicitly: None would let generation_config's default (50) apply
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=max(0, int(sampling.top_k)),
                           min_p=sampling.min_p or None)
-        ids, mask = ids.to(device), mask.to(device)
-        if self.drop_finished:
-            return self._decode(model, ids, mask, prompts, max_new, sampling)
-        cache = self._shared_prefill(model, ids, mask, prompts) if self.share_prompts else None
+        cache = self._prefill(model, ids, mask, prompts)
         if cache is not None:
             kwargs["past_key_values"] = cache
-        else:
-            self.num_prefill_rows += len(prompts)
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)

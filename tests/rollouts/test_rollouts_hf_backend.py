@@ -198,7 +198,7 @@ def grouped_prompts(tok):
 def test_shared_prefill_generates_what_the_row_prefill_generates(tiny, spec, drop):
     model, tok = tiny
     rows = grouped_prompts(tok)
-    plain = HFRolloutBackend(model, tok, eos_token_ids=[10_000], drop_finished=drop)
+    plain = HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=False, drop_finished=drop)
     shared = HFRolloutBackend(model, tok, eos_token_ids=[10_000], share_prompts=True, drop_finished=drop)
     a, b = plain.generate(rows, spec), shared.generate(rows, spec)
     assert (plain.num_prefill_rows, shared.num_prefill_rows) == (9, 3)  # one prefill row per distinct prompt
