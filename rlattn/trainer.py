@@ -55,6 +55,7 @@ from rlattn.credit.attention_stats import StatsAccumulator, check_attention_feat
 from rlattn.credit.capture import StopForward, capture_qk, num_hidden_layers
 from rlattn.credit.config import CreditConfig
 from rlattn.credit.registry import get_credit_fn, strategy_needs
+from rlattn.compact_head import compact_cpu_lm_head
 from rlattn.dynamic_sampling import PromptStream, merge_rows, zero_variance_groups
 from rlattn.shared_prompt import prompt_groups, regroup_by_prompt, shared_prompt_logps
 
@@ -256,6 +257,12 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, *args, **kwargs):
+        with compact_cpu_lm_head(getattr(self.args, "compact_lm_head", True)):  # rlattn/compact_head.py
+            return self._logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                             compute_entropy, *args, **kwargs)
+
+    def _logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                             *args, **kwargs):
         cap = self._pass_capture
         if cap is None and self._can_share_prompt(input_ids, logits_to_keep, args, kwargs):
             return self._shared_prompt_pass(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy)

@@ -18,7 +18,7 @@ PACKAGE_DIRS = {"rlattn": ROOT / "rlattn", "rlattn.credit": ROOT / "credit", "rl
 UTILS = {"rlattn.utils"}
 FOUNDATIONS = {"rlattn.credit", "rlattn.data", "rlattn.rewards"}
 SERVICES = {"rlattn.tiny", "rlattn.models", "rlattn.rollouts"}
-CORE = {"rlattn.config", "rlattn.cli", "rlattn.trainer", "rlattn.ppo", "rlattn.runs", "rlattn.dynamic_sampling",
+CORE = {"rlattn.config", "rlattn.cli", "rlattn.trainer", "rlattn.ppo", "rlattn.runs", "rlattn.dynamic_sampling", "rlattn.compact_head",
         "rlattn.shared_prompt"}
 TOOLS = {"rlattn.eval", "rlattn.compare", "rlattn.inspector", "rlattn.analysis", "rlattn.testing"}
 PLUGIN = {"rlattn.backbones"}
