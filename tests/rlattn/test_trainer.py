@@ -63,15 +63,21 @@ def losses(trainer):
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
-def test_uniform_reproduces_trl_exactly(tmp_path):
+@pytest.mark.parametrize("compact", [False, True], ids=["full_head", "compact_head"])
+def test_uniform_reproduces_trl_exactly(tmp_path, compact):
+    """Bit-exact against TRL. With ``compact_lm_head`` (the default) rlattn's passes take TRL's own
+    compact LM-head path (rlattn/compact_head.py), so the reference runs it too."""
     from trl import GRPOConfig, GRPOTrainer
 
-    ours = train(tmp_path / "ours", credit_strategy="uniform")
+    from rlattn.compact_head import compact_cpu_lm_head
+
+    ours = train(tmp_path / "ours", credit_strategy="uniform", compact_lm_head=compact)
     model, tok = tiny_model("llama", num_layers=3, seed=0)
     kwargs = base_kwargs(tmp_path / "trl")
     plain_args = GRPOConfig(**{k: v for k, v in kwargs.items() if not k.startswith(("credit_", "attn_"))})
     ref = GRPOTrainer(model=model, reward_funcs=[digit_reward], args=plain_args, train_dataset=toy_dataset(), processing_class=tok)
-    ref.train()
+    with compact_cpu_lm_head(enabled=compact):
+        ref.train()
     assert losses(ours) == losses(ref) and len(losses(ref)) == 2
     for (n1, p1), (n2, p2) in zip(ours.model.named_parameters(), ref.model.named_parameters()):
         assert torch.equal(p1, p2), f"parameter {n1} differs after training"
