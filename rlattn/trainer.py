@@ -298,13 +298,25 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                     finally:
                         live[0] = True
 
+                unpack = [None]  # a packed rows' pass maps its q/k to the padded rows' (rlattn/shared_prompt.py)
+
+                @contextlib.contextmanager
+                def rows_pass(fn):
+                    unpack[0] = fn
+                    try:
+                        yield
+                    finally:
+                        unpack[0] = None
+
                 def rows_only(layer, q, k, scaling):
                     if live[0]:
+                        if unpack[0] is not None:
+                            q, k = unpack[0](q, k)
                         callback(layer, q, k, scaling)
 
                 with capture_qk(model, self._credit_layers, rows_only, stop_after_last=False):
                     out = self._shared_prompt_pass(model, input_ids, attention_mask, logits_to_keep, batch_size, want,
-                                                   prefix_context=prefix_pass)
+                                                   prefix_context=prefix_pass, rows_context=rows_pass)
             else:
                 with capture_qk(model, self._credit_layers, callback, stop_after_last=cap.stop_early):
                     out = super()._get_per_token_logps_and_entropies(
@@ -326,7 +338,7 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 and input_ids.size(1) - logits_to_keep >= 2)
 
     def _shared_prompt_pass(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
-                            prefix_context=contextlib.nullcontext):
+                            prefix_context=contextlib.nullcontext, rows_context=None):
         """TRL's chunked log-prob pass, each chunk with one prefix pass per distinct prompt; a chunk
         whose prompts are all distinct has nothing to share and runs TRL's whole-row pass."""
         batch_size = batch_size or input_ids.size(0)
@@ -339,7 +351,8 @@ class AttnCreditGRPOTrainer(GRPOTrainer):
                 lp, ent, _ = super()._get_per_token_logps_and_entropies(model, ids, am, logits_to_keep, None, compute_entropy)
             else:
                 lp, ent = shared_prompt_logps(model, ids, am, logits_to_keep, compute_entropy, self.accelerator.autocast,
-                                              groups=groups, prefix_context=prefix_context)
+                                              groups=groups, prefix_context=prefix_context,
+                                              pack=getattr(self.args, "pack_completions", False), rows_context=rows_context)
             logps.append(lp)
             entropies.append(ent)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None

@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from trl.trainer.utils import add_fused_lm_head
 
-from rlattn.shared_prompt import prompt_groups, regroup_by_prompt, shared_prompt_logps
+from rlattn.shared_prompt import pack_rows, prompt_groups, regroup_by_prompt, shared_prompt_logps
 from rlattn.testing import tiny_model
 from tests.rlattn.test_credit_paths import _clone, _grads, make_trainer, toy_dataset
 
@@ -84,10 +84,109 @@ def test_shared_pass_equals_whole_rows(arch, lora):
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_trainer_loss_and_gradients_equal_with_and_without_sharing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_packed_rows_equal_whole_rows(arch, lora, attn, monkeypatch):
+    """The rows packed into one sequence (pack_rows) give TRL's whole-row log-probs, entropies and gradients."""
+    import rlattn.shared_prompt as sp
+
+    monkeypatch.setattr(sp, "PACK_MAX_ATTENTION", 1e9)  # the toy batch is small; the thresholds are tested below
+    packed_calls = []
+    real = sp._packed_rows_pass
+    monkeypatch.setattr(sp, "_packed_rows_pass", lambda *a, **k: packed_calls.append(1) or real(*a, **k))
+    model, _ = tiny_model(arch, num_layers=2, seed=0, attn_implementation=attn)
+    model.float()
+    add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                 init_lora_weights=False))
+    model.train()
+    ids, mask, C = _batch(model.config.vocab_size)
+    weights = torch.rand(ids.size(0), C, generator=torch.Generator().manual_seed(1))
+
+    ref_lp, ref_ent = _trl_pass(model, ids, mask, C)
+    model.zero_grad(set_to_none=True)
+    (ref_lp * weights * mask[:, -C:]).sum().backward()
+    ref_grads = _grads(model)
+    lp, ent = shared_prompt_logps(model, ids, mask, C, compute_entropy=True, autocast=torch.enable_grad, pack=True)
+    assert packed_calls == [1]
+    model.zero_grad(set_to_none=True)
+    (lp * weights * mask[:, -C:]).sum().backward()
+    grads = _grads(model)
+
+    valid = mask[:, -C:].bool()
+    torch.testing.assert_close(lp[valid], ref_lp[valid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent[valid], ref_ent[valid], atol=1e-5, rtol=0)
+    assert (lp[~valid] == 0).all() and (ent[~valid] == 0).all()
+    assert grads.keys() == ref_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_pack_rows_by_hand():
+    """Two rows of one prompt (P = 3, its first column padding) with completions of 2 and 1 of C = 2 tokens."""
+    mask = torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 1, 0]])
+    p = pack_rows(mask, 3, torch.tensor([0]), torch.tensor([0, 0]))
+    # segments: row 0 = columns 2, 3, 4 (last prompt token + 2); row 1 = columns 2, 3
+    assert p.token[0].tolist() == [0, 0, 0, 1, 1] and p.token[1].tolist() == [2, 3, 4, 2, 3]
+    assert p.positions.tolist() == [2, 3, 4, 2, 3]  # the unpadded pass's positions (column index)
+    assert p.labels.tolist() == [False, True, True, False, True]
+    assert p.scored.tolist() == [0, 1, 3]  # log-prob slot n - 1 of packed tokens 1, 2, 4
+    # keys: prefix columns 0, 1 (column 0 is padding), then the 5 packed tokens
+    expected = torch.tensor([
+        [0, 1, 1, 0, 0, 0, 0],
+        [0, 1, 1, 1, 0, 0, 0],
+        [0, 1, 1, 1, 1, 0, 0],
+        [0, 1, 0, 0, 0, 1, 0],
+        [0, 1, 0, 0, 0, 1, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(p.mask[0, 0], expected)
+    assert p.q_index.tolist() == [[0, 1, 2], [3, 4, 5]]  # 5 = padding (N)
+    assert p.k_index.tolist() == [[0, 1, 2, 3, 4], [0, 1, 5, 6, 7]]  # 7 = padding (U(P-1) + N)
+    # two prompts: each row sees only its own prompt's prefix block
+    p2 = pack_rows(mask, 3, torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert p2.mask[0, 0, 3, :4].tolist() == [False, False, False, True]  # row 1: prompt 1's block, column 0 padding
+    assert p2.k_index[1, :2].tolist() == [2, 3]
+
+
+def test_pack_rows_declines_where_it_does_not_pay():
+    one = torch.ones(4, 3 + 8, dtype=torch.long)
+    first, groups = torch.tensor([0]), torch.zeros(4, dtype=torch.long)
+    assert pack_rows(one, 3, first, groups) is None  # no padding: nothing to save
+    gappy = one.clone()
+    gappy[0, 4] = 0  # a hole inside a completion: not TRL's right padding
+    assert pack_rows(gappy, 3, first, groups) is None
+    short = one.clone()
+    short[:, 5:] = 0  # completions of 2 of 8 tokens: packing pays
+    assert pack_rows(short, 3, first, groups) is not None
+    long_rows = torch.ones(64, 3 + 200, dtype=torch.long)
+    long_rows[:, 150:] = 0  # 64 rows of 147 tokens in one sequence: attention ~34x the padded rows'
+    assert pack_rows(long_rows, 3, first, torch.zeros(64, dtype=torch.long)) is None
+
+
+@pytest.fixture(params=["padded", "packed"])
+def packing(request, monkeypatch):
+    """``packed``: the shared passes pack the rows whatever the savings (the toy batches are too
+    small for the thresholds), and the test fails unless they did; ``padded``: packing off."""
+    import rlattn.shared_prompt as sp
+
+    if request.param == "padded":
+        yield {"pack_completions": False}
+        return
+    monkeypatch.setattr(sp, "PACK_MIN_SAVING", 0.0)
+    monkeypatch.setattr(sp, "PACK_MAX_ATTENTION", 1e9)
+    calls = []
+    real = sp._packed_rows_pass
+    monkeypatch.setattr(sp, "_packed_rows_pass", lambda *a, **k: calls.append(1) or real(*a, **k))
+    yield {"pack_completions": True}
+    assert calls, "no pass was packed"
+
+
+def test_trainer_loss_and_gradients_equal_with_and_without_sharing(tmp_path, monkeypatch, packing):
     """The piggyback layout (num_iterations 2): the old-log-prob pass captures the statistics on the
     shared pass, and the loss pass shares prompts; statistics, loss and gradients equal the unshared
-    trainer's."""
+    trainer's, with the shared rows padded or packed."""
     import rlattn.trainer as core
 
     calls = []
@@ -95,7 +194,7 @@ def test_trainer_loss_and_gradients_equal_with_and_without_sharing(tmp_path, mon
     monkeypatch.setattr(core, "shared_prompt_logps", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
     results = []
     for share in (False, True):
-        trainer = make_trainer(tmp_path / str(share), lora=True, num_iterations=2, share_prompt_prefix=share)
+        trainer = make_trainer(tmp_path / str(share), lora=True, num_iterations=2, share_prompt_prefix=share, **packing)
         trainer.model.train()
         assert trainer.credit_path() == "piggyback"
         n_before = len(calls)
@@ -156,9 +255,10 @@ def test_extra_pass_with_an_observer_runs_whole_rows(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_fused_capture_on_the_shared_pass_equals_whole_rows(tmp_path, monkeypatch, lora):
-    """The default layout: the loss forward that captures the statistics shares the prompts;
-    statistics, γ, (B, T) advantages, loss and gradients equal the whole-row trainer's."""
+def test_fused_capture_on_the_shared_pass_equals_whole_rows(tmp_path, monkeypatch, lora, packing):
+    """The default layout: the loss forward that captures the statistics shares the prompts (rows
+    padded or packed); statistics, γ, (B, T) advantages, loss and gradients equal the whole-row
+    trainer's."""
     import rlattn.trainer as core
 
     calls = []
@@ -166,7 +266,7 @@ def test_fused_capture_on_the_shared_pass_equals_whole_rows(tmp_path, monkeypatc
     monkeypatch.setattr(core, "shared_prompt_logps", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
     results = []
     for share in (False, True):
-        trainer = make_trainer(tmp_path / str(share), lora=lora, share_prompt_prefix=share)
+        trainer = make_trainer(tmp_path / str(share), lora=lora, share_prompt_prefix=share, **packing)
         trainer.model.train()
         assert trainer.credit_path() == "fused"
         out = trainer._generate_and_score_completions([toy_dataset()[i] for i in (0, 0, 1, 1)])
