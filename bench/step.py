@@ -1,10 +1,14 @@
 """Where one training step's time goes: generation, reward scoring, statistics, loss forward and
 backward, optimizer, the rest; for one or several variants of a recipe, measured side by side.
 
-    python bench/step.py recipes/anchor_credit.yaml --steps 4 [--variant name:--key=value,--key=value ...] [--write]
+    python bench/step.py recipes/anchor_credit.yaml --steps 6 [--variant name:--key=value,--key=value ...] [--write]
 
-Each variant runs in its own process (the same recipe plus its overrides) for ``--steps`` steps;
-the first step is dropped (warm-up) and the others averaged. Phases are timed by wrapping the
+Each variant runs in its own process (the same recipe plus its overrides) for ``--steps`` steps.
+A generation batch serves ``steps_per_generation x num_iterations / gradient_accumulation_steps``
+optimizer steps (a *cycle*; 2 in the CPU recipes), and only the first step of a cycle generates, so
+the first cycle is dropped (warm-up) and the mean is taken over whole cycles after it (before
+commit "bench/step.py: whole generation cycles" it averaged steps 2..N, which over-weighted the
+steps that do not generate). Phases are timed by wrapping the
 trainer's methods: ``_generate`` (generation), ``_calculate_rewards`` (rewards), the
 ``credit/stats_time_s`` metric (attention statistics and γ), ``_compute_loss`` minus the statistics
 (loss forward), ``accelerator.backward`` (backward) and ``optimizer.step``; "other" is the step's
@@ -82,9 +86,26 @@ def _child(recipe: str, overrides: list[str], steps: int, out: str) -> None:
 
         trainer._log_credit = log_credit
 
-    run_recipe_instrumented(recipe, steps, os.path.dirname(out), overrides, on_trainer,
+    cycle = [1]
+
+    def on_trainer_and_cycle(trainer):
+        on_trainer(trainer)
+        a = trainer.args
+        cycle[0] = max(1, a.steps_per_generation * getattr(trainer, "num_iterations", 1) // a.gradient_accumulation_steps)
+
+    run_recipe_instrumented(recipe, steps, os.path.dirname(out), overrides, on_trainer_and_cycle,
                             on_optimizer=lambda opt: timed(opt, "step", "optimizer"))
-    Path(out).write_text(json.dumps(steps_out))
+    Path(out).write_text(json.dumps({"cycle": cycle[0], "steps": steps_out}))
+
+
+def kept_steps(steps: list[dict], cycle: int) -> list[dict]:
+    """The steps after the first generation cycle (warm-up), cut to whole cycles."""
+    kept = steps[cycle:]
+    kept = kept[: len(kept) - len(kept) % cycle]
+    if not kept:
+        raise SystemExit(f"--steps {len(steps)} leaves no whole generation cycle after the warm-up one "
+                         f"(a cycle is {cycle} optimizer steps): use --steps {2 * cycle} or more")
+    return kept
 
 
 def _phases(step: dict) -> dict[str, float]:
@@ -103,7 +124,7 @@ def _phases(step: dict) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe")
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=6)
     p.add_argument("--variant", action="append", default=[],
                    help="name:--key=value,--key=value (repeatable); the recipe as is is the variant 'recipe'")
     p.add_argument("--write", action="store_true")
@@ -116,15 +137,18 @@ def main() -> None:
     variants = [("recipe", [])] + [parse_variant(v) for v in args.variant]
     rows = []
     for name, overrides in variants:
-        steps = [_phases(s) for s in run_variant(__file__, args.recipe, args.steps, overrides, f"variant {name}")]
-        kept = steps[1:] or steps
+        result = run_variant(__file__, args.recipe, args.steps, overrides, f"variant {name}")
+        kept = kept_steps([_phases(s) for s in result["steps"]], result["cycle"])
+        cycles = len(kept) // result["cycle"]
         mean = {k: sum(s[k] for s in kept) / len(kept) for k in (*PHASES, "wall", "loss_tokens", "loss_padded", "prompts_per_batch")}
-        rows.append((name, " ".join(overrides), mean))
+        rows.append((name, " ".join(overrides), mean, cycles, result["cycle"]))
         print(f"{name}: " + ", ".join(f"{k} {mean[k]:.2f}s" for k in (*PHASES, "wall")), flush=True)
     head = "| variant | overrides | " + " | ".join(PHASES) + " | step (s) | vs first | completion tokens in the loss (padded) | distinct prompts per loss micro-batch | loss fwd+bwd ms/token |\n|" + "---|" * (len(PHASES) + 7)
-    lines = [f"Machine: {machine()}.", f"Command: `{command()}`; mean of steps 2..{args.steps} (step 1 is warm-up); seconds per step.", "", head]
+    cycle_note = ", ".join(sorted({f"{c} cycle(s) of {n} steps" for _, _, _, c, n in rows}))
+    lines = [f"Machine: {machine()}.", f"Command: `{command()}`; seconds per optimizer step, mean over whole generation "
+             f"cycles after the first (warm-up): {cycle_note}.", "", head]
     base = rows[0][2]["wall"]
-    for name, overrides, m in rows:
+    for name, overrides, m, _, _ in rows:
         cells = " | ".join(f"{m[k]:.2f} ({100 * m[k] / m['wall']:.0f} %)" for k in PHASES)
         per_token = 1000 * (m["loss_forward"] + m["backward"]) / m["loss_tokens"] if m["loss_tokens"] else float("nan")
         lines.append(f"| {name} | `{overrides or '-'}` | {cells} | **{m['wall']:.2f}** | {base / m['wall']:.2f}x "
