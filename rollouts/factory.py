@@ -143,7 +143,8 @@ def resolve_rollout(training_args, model_path: str | None = None):
         if getattr(training_args, "rollout_merge_lora", False):  # a full fine-tune generates with itself anyway
             return make_rollout_func("transformers", merge_lora=True,
                                      share_prompts=bool(getattr(training_args, "rollout_share_prompts", True)),
-                                     drop_finished=bool(getattr(training_args, "rollout_drop_finished", True)))
+                                     drop_finished=bool(getattr(training_args, "rollout_drop_finished", True)),
+                                     fast_decode=bool(getattr(training_args, "rollout_fast_decode", True)))
         return None
     import torch
 

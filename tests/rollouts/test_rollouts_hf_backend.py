@@ -241,10 +241,13 @@ def test_resolve_rollout_merge_lora_shares_prompts_unless_told_not_to():
         rollout_backend = "transformers"
         rollout_merge_lora = True
 
-    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": True, "drop_finished": True}
+    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": True, "drop_finished": True,
+                                                      "fast_decode": True}
     Args.rollout_share_prompts = False
     Args.rollout_drop_finished = False
-    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": False, "drop_finished": False}
+    Args.rollout_fast_decode = False
+    assert resolve_rollout(Args()).engine_options == {"merge_lora": True, "share_prompts": False, "drop_finished": False,
+                                                      "fast_decode": False}
 
 
 def test_decode_loop_drops_finished_rows_and_agrees_with_generate(tiny):
@@ -275,3 +278,75 @@ def test_decode_loop_samples_from_the_top_k_distribution(tiny):
         assert all(tok_id in row for tok_id, row in zip(c, top.indices.tolist()))  # every draw is one of the top 5
         ref = torch.log_softmax(top.values, -1).gather(-1, (top.indices == torch.tensor(c)[:, None]).int().argmax(-1, keepdim=True))
         assert torch.allclose(torch.tensor(lp), ref.squeeze(-1), atol=TOL)  # renormalised over the top 5
+
+
+# --- fast_decode: preallocated cache, in-place GQA decode attention, W @ h.T head, inverse-CDF draws ---
+
+FAST = [("llama", 2), ("llama", 4), ("qwen3", 2)]  # GQA (2 KV heads for 4 query heads) and plain multi-head
+
+
+@pytest.mark.parametrize("arch,kv", FAST, ids=[f"{a}-kv{k}" for a, k in FAST])
+def test_fast_decode_equals_the_plain_loop(arch, kv, monkeypatch):
+    from rlattn.rollouts import hf_backend
+
+    model, tok = tiny_model(arch, num_layers=2, num_kv_heads=kv, seed=1, attn_implementation="sdpa")
+    calls = {"gqa": 0, "prealloc": 0}
+    gqa, prealloc = hf_backend._gqa_decode_attention, hf_backend._preallocate
+
+    def counting_gqa(module, query, *args, **kwargs):
+        calls["gqa"] += query.shape[2] == 1 and kv < 4  # a decode step of a GQA model: the in-place path
+        return gqa(module, query, *args, **kwargs)
+
+    def counting_prealloc(cache, capacity):
+        calls["prealloc"] += 1
+        prealloc(cache, capacity)
+        assert all(type(layer).__name__ == "PreallocatedLayer" for layer in cache.layers)
+
+    hf_backend._register_gqa_decode()
+    from transformers import AttentionInterface
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, hf_backend._GQA_DECODE, counting_gqa)
+    monkeypatch.setattr(hf_backend, "_preallocate", counting_prealloc)
+    rows = [tok.encode("hi"), tok.encode("a longer prompt here"), tok.encode("hi"), tok.encode("mid size")]
+    spec = SamplingSpec(max_tokens=12, temperature=0)
+    plain = HFRolloutBackend(model, tok, eos_token_ids=[10_000], fast_decode=False).generate(rows, spec)
+    greedy = HFRolloutBackend(model, tok, eos_token_ids=[10_000]).generate(rows, spec)
+    assert calls["prealloc"] == 1 and (calls["gqa"] > 0) == (kv < 4)
+    assert greedy.completion_ids == plain.completion_ids
+    for p, c, a, b in zip(rows, greedy.completion_ids, plain.logprobs, greedy.logprobs):
+        assert torch.allclose(torch.tensor(b), torch.tensor(a), atol=1e-5)
+        assert torch.allclose(torch.tensor(b), reference_logps(model, p, c), atol=TOL)
+    assert model.config._attn_implementation == "sdpa"  # restored after the loop
+    assert "forward" not in vars(model.get_output_embeddings())  # the head's own forward is back
+    # an early EOS drops rows from the preallocated cache; the survivors still agree
+    eos = plain.completion_ids[0][3]
+    a = HFRolloutBackend(model, tok, eos_token_ids=[eos], fast_decode=False).generate(rows, spec)
+    b = HFRolloutBackend(model, tok, eos_token_ids=[eos]).generate(rows, spec)
+    assert b.completion_ids == a.completion_ids and len({len(c) for c in b.completion_ids}) > 1
+    # sampled: other draws, but log-probs are still those of the tempered distribution
+    sampled = HFRolloutBackend(model, tok, eos_token_ids=[10_000]).generate(rows, SamplingSpec(max_tokens=8, temperature=0.7, seed=3))
+    for p, c, lp in zip(rows, sampled.completion_ids, sampled.logprobs):
+        assert torch.allclose(torch.tensor(lp), reference_logps(model, p, c, temperature=0.7), atol=TOL)
+
+
+def test_inverse_cdf_sampler_draws_the_distribution(monkeypatch):
+    from rlattn.rollouts.hf_backend import _BLOCK, _sample
+
+    V = 2 * _BLOCK + 37  # three blocks, the last one padded
+    probs = torch.zeros(V)
+    mass = {3: 0.4, _BLOCK - 1: 0.1, _BLOCK: 0.2, 2 * _BLOCK + 36: 0.25, 2 * _BLOCK + 5: 0.05}  # block edges included
+    for i, m in mass.items():
+        probs[i] = m
+    n = 40_000
+    torch.manual_seed(0)
+    draws = _sample(probs.expand(n, V).contiguous())  # [n]
+    counts = torch.bincount(draws, minlength=V).double()
+    assert set(torch.nonzero(counts).flatten().tolist()) == set(mass)  # never a token of probability 0
+    for i, m in mass.items():
+        sd = (n * m * (1 - m)) ** 0.5
+        assert abs(counts[i] - n * m) < 5 * sd, (i, counts[i], n * m)
+    # a residual rounded past its block's mass is pulled back onto the block's last live token
+    spiky = torch.zeros(1, V)
+    spiky[0, 10] = 1.0
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, 1 - 1e-12, dtype=torch.float64))
+    assert int(_sample(spiky)) == 10  # u = 1 - 1e-12 rounds to 1.0 in float32, past the block's cumulative mass
